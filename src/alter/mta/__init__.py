@@ -1,0 +1,13 @@
+"""Mixture-of-Task-Adapters: experts, gates, layers and their injection into a backbone."""
+
+from alter.mta.config import MTAConfig
+from alter.mta.experts import ExpertModule
+from alter.mta.gate import TaskGate
+from alter.mta.inject import UnsupportedBackboneError, inject_mta
+from alter.mta.layer import MTALayer
+from alter.mta.routing import RoutingError, current_routing, routing
+
+__all__ = [
+    "MTAConfig", "ExpertModule", "TaskGate", "MTALayer", "inject_mta",
+    "UnsupportedBackboneError", "RoutingError", "current_routing", "routing",
+]

@@ -1,0 +1,68 @@
+"""Gates: how much each example draws on each expert, g(t, x) = softmax((w_t + R(x)) / tau)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alter.mta.config import MTAConfig
+
+
+class TaskGate(nn.Module):
+    """Task-level logits `w_t`, an optional input router `R`, temperature and top-k.
+
+    While `fixed` is set (stage 1) the gate ignores its logits and returns the one-hot stage-1
+    assignment of each task to its expert.
+    """
+
+    def __init__(self, num_tasks: int, hidden_size: int, assignment: torch.Tensor, config: MTAConfig):
+        super().__init__()
+        num_experts = config.num_experts or num_tasks
+        self.num_experts = num_experts
+        self.temperature = config.temperature
+        self.top_k = config.top_k
+        self.task_logits = (
+            nn.Parameter(torch.zeros(num_tasks, num_experts)) if "task" in config.gate else None
+        )
+        self.router = nn.Linear(hidden_size, num_experts, bias=False) if "input" in config.gate else None
+        if self.router is not None:
+            nn.init.zeros_(self.router.weight)  # starts as pure task gating
+        self.register_buffer("assignment", assignment.clone(), persistent=True)  # (num_tasks,)
+        self.register_buffer("fixed", torch.tensor(True), persistent=True)
+
+    @property
+    def uses_input(self) -> bool:
+        return self.router is not None and not bool(self.fixed)
+
+    def forward(self, task_ids: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
+        """task_ids (B,), pooled (B, d) or None -> gate weights (B, K) summing to 1."""
+        if bool(self.fixed):
+            return F.one_hot(self.assignment[task_ids], self.num_experts).float()
+        logits = torch.zeros(task_ids.shape[0], self.num_experts, device=task_ids.device)
+        if self.task_logits is not None:
+            logits = logits + self.task_logits[task_ids]
+        if self.router is not None:
+            logits = logits + self.router(pooled.to(self.router.weight.dtype))
+        logits = logits / self.temperature
+        if self.top_k is not None and self.top_k < self.num_experts:
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return logits.softmax(dim=-1)
+
+    @torch.no_grad()
+    def start_collaboration(self, own_weight: float) -> None:
+        """Leave the one-hot assignment for learned logits that start near it.
+
+        Each task keeps `own_weight` on its stage-1 expert and spreads the rest evenly, so
+        that gradients reach the other experts' gates from the first step.
+        """
+        self.fixed.fill_(False)
+        if self.task_logits is None or self.num_experts == 1:
+            return
+        other = (1.0 - own_weight) / (self.num_experts - 1)
+        self.task_logits.fill_(math.log(other) * self.temperature)
+        rows = torch.arange(self.task_logits.shape[0])
+        self.task_logits[rows, self.assignment] = math.log(own_weight) * self.temperature
