@@ -1,0 +1,171 @@
+"""Typed configuration: YAML files validated by pydantic, with `key=value` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from alter.data.task import TaskSpec
+from alter.mta.config import MTAConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    backbone: str = "smollm2-135m"
+    head: Literal["lm", "classifier"] = "lm"
+    pooling: Literal["first", "mean", "last"] | None = None  # classifier head; default by family
+    max_source_length: int = Field(default=256, ge=8)
+    max_target_length: int = Field(default=64, ge=1)
+    mta: MTAConfig = MTAConfig()
+
+
+class TaskRef(_Strict):
+    name: str
+    max_train: int | None = Field(default=None, ge=1)
+    max_eval: int | None = Field(default=None, ge=1)
+
+
+class MixtureConfig(_Strict):
+    sampling: Literal["proportional", "temperature", "uniform", "manual"] = "proportional"
+    temperature: float = Field(default=2.0, gt=0)
+    rates: dict[str, float] | None = None
+
+
+class DataConfig(_Strict):
+    root: str | None = None  # default: ALTER_DATA_DIR, else ../shared/data
+    tasks: list[str | TaskRef]
+    custom_tasks: list[TaskSpec] = []  # a user's own tasks, from CSV / TSV / JSONL files
+    max_train: int | None = Field(default=None, ge=1)  # per task, unless the task says otherwise
+    max_eval: int | None = Field(default=None, ge=1)
+    train_split: str = "train"
+    eval_split: str = "dev"
+    seed: int = 0  # which examples the caps keep
+    mixture: MixtureConfig = MixtureConfig()
+
+    def refs(self) -> list[TaskRef]:
+        refs = [TaskRef(name=t) if isinstance(t, str) else t for t in self.tasks]
+        names = [ref.name for ref in refs]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"data.tasks: task(s) listed twice: {', '.join(duplicates)}")
+        return [ref.model_copy(update={"max_train": ref.max_train or self.max_train,
+                                       "max_eval": ref.max_eval or self.max_eval}) for ref in refs]
+
+
+class StageConfig(_Strict):
+    """One training stage. `kind` names the trainable groups; the rest is the schedule."""
+
+    name: str | None = None  # default: the kind
+    kind: Literal["stage1", "stage2", "joint"]
+    steps: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    train_backbone: bool = False
+    train_heads: bool | None = None  # default: yes in stage1/joint, no in stage2
+    own_expert_weight: float = Field(default=0.8, gt=0, lt=1)  # stage2 gate start
+    eval_every: int | None = Field(default=None, ge=1)
+    save_every: int = Field(default=50, ge=1)
+    log_every: int = Field(default=10, ge=1)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(default=16, ge=1)
+    max_new_tokens: int = Field(default=48, ge=1)
+    num_beams: int = Field(default=1, ge=1)
+    before_training: bool = True  # score the untrained model on the same examples
+
+
+class Config(_Strict):
+    output_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    stages: list[StageConfig] = [StageConfig(kind="stage1"), StageConfig(kind="stage2", steps=30, lr=1e-2)]
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> Config:
+        labels = [stage.label for stage in self.stages]
+        if len(set(labels)) != len(labels):
+            raise ValueError("stages: stage names must be unique (set `name:` on repeated kinds)")
+        return self
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(parts[:depth + 1])}' is not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` (value parsed as YAML); list items by index: `stages.0.steps=10`."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        try:
+            _set_path(tree, key.strip(), yaml.safe_load(raw))
+        except (IndexError, ValueError) as error:
+            raise ConfigError(f"--set {key}: {error}") from None
+    return tree
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(tree: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return parse_config(apply_overrides(tree, overrides or []), str(path))

@@ -1,0 +1,69 @@
+"""Examples -> token ids -> padded tensors. Needs only a tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from alter.data.task import Example, Task
+
+IGNORE = -100
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, task: Task, inputs: dict[str, str],
+                  max_length: int) -> tuple[list[int], bool]:
+    """Token ids of the task's prompt, at most `max_length`; True when it was truncated.
+
+    The longest input field is shortened (never the instruction around it), so that a long
+    dialogue keeps the "Summary:" cue at its end.
+    """
+    fields = dict(inputs)
+    truncated = False
+    for _ in range(8):
+        ids = tokenizer(task.prompt(fields))["input_ids"]
+        excess = len(ids) - max_length
+        if excess <= 0:
+            return ids, truncated
+        truncated = True
+        longest = max(fields, key=lambda key: len(fields[key]))
+        field_ids = tokenizer(fields[longest], add_special_tokens=False)["input_ids"]
+        keep = max(0, len(field_ids) - excess - 1)
+        fields[longest] = tokenizer.decode(field_ids[:keep])
+    return ids[:max_length], True
+
+
+def encode_target(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int, leading_space: bool) -> list[int]:
+    """Target text + end of sequence; decoder-only models read it after the prompt's last word."""
+    ids = tokenizer((" " if leading_space else "") + text, add_special_tokens=False)["input_ids"]
+    return ids[: max_length - 1] + [tokenizer.eos_token_id]
+
+
+@dataclass
+class Encoded:
+    task_id: int
+    input_ids: list[int]
+    labels: list[int] | None = None  # per token (text-to-text)
+    target: int | float | None = None  # class index or score (classifier / regressor heads)
+    truncated: bool = False
+
+
+def pad(rows: Sequence[list[int]], value: int, side: str = "right") -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    padded = [
+        row + [value] * (width - len(row)) if side == "right" else [value] * (width - len(row)) + row
+        for row in rows
+    ]
+    return torch.tensor(padded, dtype=torch.long)  # (B, T)
+
+
+def attention_mask(rows: Sequence[list[int]], side: str = "right") -> torch.Tensor:
+    return pad([[1] * len(row) for row in rows], 0, side)  # (B, T)
+
+
+def example_lengths(tokenizer: PreTrainedTokenizerBase, task: Task, examples: Sequence[Example]) -> list[int]:
+    """Rough token counts for grouping batches by length (one batched tokenizer call)."""
+    texts = [task.prompt(example.inputs) for example in examples]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []

@@ -1,0 +1,43 @@
+"""An explicit registry of tasks: built-in ones added by `builtin_registry()`, a user's by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from alter.data.builtin import BUILTIN_TASKS
+from alter.data.task import Task, TaskSpec
+
+
+class TaskNotFoundError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TaskRegistry:
+    def __init__(self, specs: Iterable[TaskSpec] = ()):
+        self._tasks: dict[str, Task] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: TaskSpec) -> Task:
+        if spec.name in self._tasks:
+            raise ValueError(f"task '{spec.name}' is registered twice")
+        task = Task(spec)
+        self._tasks[spec.name] = task
+        return task
+
+    def get(self, name: str) -> Task:
+        if name not in self._tasks:
+            raise TaskNotFoundError(f"unknown task '{name}'; known tasks: {', '.join(self._tasks)}")
+        return self._tasks[name]
+
+    def names(self) -> list[str]:
+        return list(self._tasks)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tasks
+
+
+def builtin_registry(user_specs: Iterable[TaskSpec] = ()) -> TaskRegistry:
+    """The built-in tasks plus a user's own (a user task may not reuse a built-in name)."""
+    return TaskRegistry([*BUILTIN_TASKS, *user_specs])

@@ -1,0 +1,235 @@
+"""A task: where its rows come from, how a row becomes input text and target, its metrics."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from alter.data.readers import DataError, MalformedRows, read_rows
+
+TaskKind = Literal["classification", "regression", "generation"]
+SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
+
+
+class HubSource(BaseModel):
+    """Where a built-in task's split lives on the Hugging Face hub (used when online)."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    name: str | None = None
+    split: str
+    columns: dict[str, str] = {}  # our column name -> the hub's column name
+    label_map: dict[str, str] = {}  # the hub's raw label -> our raw label
+
+
+class SplitSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str  # relative to the data root, or absolute
+    format: Literal["tsv", "csv", "jsonl"] | None = None  # default: from the suffix
+    header: bool = True
+    columns: list[str] | None = None  # column names of a file without header
+    skip: int = Field(default=0, ge=0)  # rows to drop from the start (e.g. a held-out part)
+    limit: int | None = Field(default=None, ge=1)  # rows to keep after `skip`
+    hub: HubSource | None = None
+
+
+class TaskSpec(BaseModel):
+    """The frozen, serialisable description of a task (built-in or from a user's YAML)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: TaskKind
+    inputs: dict[str, str]  # prompt field -> column
+    target: str  # column holding the label, score or reference text
+    template: str  # e.g. "Review: {sentence}\nSentiment:"; fields are the keys of `inputs`
+    splits: dict[str, SplitSource] = {}
+    labels: list[str] | None = None
+    label_map: dict[str, str] = {}  # raw value in the file -> label name
+    verbalizer: dict[str, str] | None = None  # label -> word the LM says; default: the label
+    score_range: tuple[float, float] = (0.0, 5.0)  # regression
+    references: list[str] = []  # extra reference columns for generation metrics
+    metrics: list[str] = []
+    main_metric: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        if self.kind == "classification" and not self.labels:
+            raise ValueError(f"task {self.name}: a classification task needs `labels`")
+        if self.verbalizer and self.labels and set(self.verbalizer) != set(self.labels):
+            raise ValueError(f"task {self.name}: verbalizer keys must be the labels {self.labels}")
+        for field in self.inputs:
+            if "{" + field + "}" not in self.template:
+                raise ValueError(f"task {self.name}: template does not use input field '{{{field}}}'")
+        return self
+
+
+@dataclass(frozen=True)
+class Example:
+    task: str
+    inputs: dict[str, str]
+    target: str | float | None  # label name, score or reference text; None when hidden
+    references: tuple[str, ...] = ()  # every reference text of a generation example
+    source: str = ""  # "file:line", for messages
+
+
+DEFAULT_METRICS = {
+    "classification": ["accuracy"],
+    "regression": ["pearson", "spearman"],
+    "generation": ["rouge1", "rouge2", "rougeL", "rougeLsum"],
+}
+DEFAULT_MAIN = {"classification": "accuracy", "regression": "spearman", "generation": "rougeL"}
+
+
+def data_root(configured: str | None = None) -> Path:
+    """The user's directory, else ALTER_DATA_DIR, else ../shared/data beside the checkout."""
+    for candidate in (configured, os.environ.get("ALTER_DATA_DIR")):
+        if candidate:
+            return Path(candidate).expanduser()
+    for candidate in (SHARED_DATA, Path.cwd().parent / "shared" / "data", Path.cwd() / "data"):
+        if candidate.exists():
+            return candidate
+    return SHARED_DATA
+
+
+class Task:
+    """Behaviour of one task, built from its spec."""
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.kind: TaskKind = spec.kind
+        self.metrics = spec.metrics or DEFAULT_METRICS[spec.kind]
+        self.main_metric = spec.main_metric or DEFAULT_MAIN[spec.kind]
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, {self.kind})"
+
+    # --- reading ------------------------------------------------------------------------
+    def read(self, split: str, root: Path) -> list[Example]:
+        if split not in self.spec.splits:
+            raise DataError(f"task {self.name} has no split '{split}' (it has: {', '.join(self.spec.splits)})")
+        source = self.spec.splits[split]
+        path = Path(source.path) if Path(source.path).is_absolute() else root / source.path
+        if not path.exists():
+            return self._from_hub(split, source, path)
+        examples: list[Example] = []
+        malformed = MalformedRows(path)
+        rows = read_rows(path, source.format, source.header, source.columns)
+        for index, (line, row) in enumerate(rows):
+            if index < source.skip:
+                continue
+            if source.limit is not None and len(examples) + len(malformed.problems) >= source.limit:
+                break
+            problem = row.get("__malformed__")
+            if problem is None:
+                try:
+                    examples.append(self.example(row, f"{path}:{line}"))
+                    continue
+                except KeyError as missing:
+                    problem = f"missing column {missing}"
+            malformed.add(line, problem)
+        malformed.finish(len(examples))
+        return examples
+
+    def _from_hub(self, split: str, source: SplitSource, path: Path) -> list[Example]:
+        hint = (f"task {self.name}: {split} file not found: {path}. Put the file there, point "
+                "`data.root` (or ALTER_DATA_DIR) at a folder that holds it")
+        if source.hub is None:
+            raise DataError(hint)
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise DataError(hint + f", or go online to fetch {source.hub.path} from the hub")
+        try:
+            import datasets
+        except ImportError:
+            raise DataError(hint + ", or `pip install datasets` to fetch it from the hub") from None
+        try:
+            hub = datasets.load_dataset(source.hub.path, source.hub.name, split=source.hub.split)
+        except Exception as error:  # noqa: BLE001 - any hub failure means the same to the user
+            raise DataError(hint + f" (the hub was tried and failed: {error.__class__.__name__})") from None
+        rename = {ours: theirs for ours, theirs in source.hub.columns.items()}
+        examples = []
+        for index, record in enumerate(hub):
+            row = {ours: str(record[rename.get(ours, ours)]) for ours in self._columns() if rename.get(ours, ours) in record}
+            raw = row.get(self.spec.target)
+            if raw in source.hub.label_map:
+                row[self.spec.target] = source.hub.label_map[raw]
+            examples.append(self.example(row, f"{source.hub.path}[{index}]"))
+        return examples[source.skip: None if source.limit is None else source.skip + source.limit]
+
+    def _columns(self) -> list[str]:
+        return [*self.spec.inputs.values(), self.spec.target, *self.spec.references]
+
+    def example(self, row: dict, where: str) -> Example:
+        """One row -> Example; a value outside the label set is an error naming `where`."""
+        inputs = {field: str(row[column]) for field, column in self.spec.inputs.items()}
+        raw = row.get(self.spec.target)
+        target: str | float | None = None
+        references: tuple[str, ...] = ()
+        if raw is not None and str(raw) != "":
+            if self.kind == "classification":
+                label = self.spec.label_map.get(str(raw), str(raw))
+                if label not in self.spec.labels:
+                    raise DataError(f"{where}: label '{raw}' of task {self.name} is not one of "
+                                    f"{sorted(set(self.spec.label_map) | set(self.spec.labels))}")
+                target = label
+            elif self.kind == "regression":
+                try:
+                    target = float(raw)
+                except ValueError:
+                    raise DataError(f"{where}: score '{raw}' of task {self.name} is not a number") from None
+            else:
+                target = str(raw)
+                references = (target, *(str(row[c]) for c in self.spec.references if row.get(c)))
+        return Example(self.name, inputs, target, references, where)
+
+    # --- text-to-text view --------------------------------------------------------------
+    def prompt(self, inputs: dict[str, str]) -> str:
+        return self.spec.template.format(**inputs)
+
+    @property
+    def candidates(self) -> list[str]:
+        """Words scored by rank classification: one per label, or one per score bin."""
+        if self.kind == "classification":
+            verbalizer = self.spec.verbalizer or {}
+            return [verbalizer.get(label, label) for label in self.spec.labels]
+        if self.kind == "regression":
+            low, high = self.spec.score_range
+            return [str(value) for value in range(math.floor(low), math.ceil(high) + 1)]
+        return []
+
+    def target_text(self, example: Example) -> str:
+        if self.kind == "classification":
+            return self.candidates[self.spec.labels.index(example.target)]
+        if self.kind == "regression":
+            low, high = self.spec.score_range
+            return str(int(round(min(max(example.target, low), high))))
+        return example.target
+
+    def from_candidate_probs(self, probs: list[float]) -> tuple[str | float, dict[str, float]]:
+        """Probabilities over `candidates` -> (prediction, score of each label or bin)."""
+        if self.kind == "regression":
+            value = sum(p * float(word) for p, word in zip(probs, self.candidates))
+            return value, dict(zip(self.candidates, probs))
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return self.spec.labels[best], dict(zip(self.spec.labels, probs))
+
+    # --- classifier-head view -----------------------------------------------------------
+    @property
+    def num_outputs(self) -> int:
+        return len(self.spec.labels) if self.kind == "classification" else 1
+
+    def label_index(self, example: Example) -> int | float:
+        if self.kind == "classification":
+            return self.spec.labels.index(example.target)
+        return float(example.target)
+
+    def from_head_output(self, values: list[float]) -> tuple[str | float, dict[str, float]]:
+        if self.kind == "regression":
+            return values[0], {}
+        return self.from_candidate_probs(values)

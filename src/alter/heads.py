@@ -1,0 +1,259 @@
+"""Task-specific heads: text-to-text through the backbone's own LM head, or a small
+classifier / regressor per task on the pooled hidden state.
+
+A head turns examples into tensors, computes per-example losses and predictions; the model
+opens the routing context around every backbone call it makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
+
+from alter.config import ModelConfig
+from alter.data.collate import IGNORE, Encoded, attention_mask, encode_prompt, encode_target, pad
+from alter.data.task import Example, Task
+from alter.mta.routing import routing
+
+Batch = dict[str, Any]
+Prediction = tuple[Any, dict[str, float]]  # (label / score / text, scores per label)
+
+
+class HeadError(ValueError):
+    pass
+
+
+def routed(batch: Batch):
+    """The routing context for one backbone call on `batch` (task ids, pooling masks)."""
+    return routing(batch["task_ids"], batch["pool_masks"])
+
+
+class LMHead(nn.Module):
+    """Text-to-text: targets are words; classification by rank classification over the
+    verbalizer's words; regression by the expected value over score bins; generation."""
+
+    def __init__(self, backbone_config: PretrainedConfig, tasks: Sequence[Task], config: ModelConfig):
+        super().__init__()
+        if not backbone_config.is_encoder_decoder and backbone_config.model_type in ("bert", "roberta", "xlm-roberta"):
+            raise HeadError(f"model.head=lm needs a model that generates; '{backbone_config.model_type}' is an "
+                            "encoder: use model.head=classifier")
+        self.seq2seq = bool(backbone_config.is_encoder_decoder)
+        self.config = config
+
+    @staticmethod
+    def auto_class(backbone_config: PretrainedConfig) -> type:
+        return AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
+
+    # --- encoding -----------------------------------------------------------------------
+    def encode(self, task_id: int, task: Task, example: Example, tokenizer, with_target: bool) -> Encoded:
+        prompt, truncated = encode_prompt(tokenizer, task, example.inputs, self.config.max_source_length)
+        if not with_target or example.target is None:
+            return Encoded(task_id, prompt, truncated=truncated)
+        target_ids = encode_target(tokenizer, task.target_text(example), self.config.max_target_length,
+                                   not self.seq2seq)
+        if self.seq2seq:
+            return Encoded(task_id, prompt, labels=target_ids, truncated=truncated)
+        return Encoded(task_id, prompt + target_ids, labels=[IGNORE] * len(prompt) + target_ids, truncated=truncated)
+
+    def collate(self, rows: Sequence[Encoded], tokenizer, side: str = "right") -> Batch:
+        ids = [row.input_ids for row in rows]
+        batch: Batch = {
+            "task_ids": torch.tensor([row.task_id for row in rows]),
+            "input_ids": pad(ids, tokenizer.pad_token_id, side),  # (B, T)
+            "attention_mask": attention_mask(ids, side),  # (B, T)
+        }
+        if rows[0].labels is not None:
+            batch["labels"] = pad([row.labels for row in rows], IGNORE, side)  # (B, T) or (B, T_target)
+        # An input router pools over the prompt: the tokens that generation sees at prefill.
+        prompt = batch["attention_mask"].clone()
+        if "labels" in batch and not self.seq2seq:
+            prompt &= (batch["labels"] == IGNORE).long()
+        batch["pool_masks"] = {"main": prompt}
+        if self.seq2seq:  # the decoder's prefill is its start token alone
+            width = batch["labels"].shape[1] if "labels" in batch else 1
+            batch["pool_masks"]["decoder"] = F.one_hot(torch.zeros(len(rows), dtype=torch.long), width)
+        return batch
+
+    # --- losses -------------------------------------------------------------------------
+    def target_logprobs(self, backbone: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of the log-likelihood of each row's target tokens, and their count; (B,), (B,)."""
+        labels = batch["labels"]
+        if self.seq2seq:
+            decoder_ids = backbone.prepare_decoder_input_ids_from_labels(labels=labels)
+            logits = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              decoder_input_ids=decoder_ids).logits  # (B, T_target, V)
+            targets = labels
+        else:
+            hidden = backbone.base_model(input_ids=batch["input_ids"],
+                                         attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, d)
+            hidden, targets = hidden[:, :-1], labels[:, 1:]  # position t predicts token t + 1
+            # Only target positions go through the (large) output layer.
+            keep = targets != IGNORE  # (B, T-1)
+            logits = backbone.get_output_embeddings()(hidden[keep])  # (N, V)
+            rows = keep.nonzero()[:, 0]  # (N,)
+            token_logp = -F.cross_entropy(logits.float(), targets[keep], reduction="none")  # (N,)
+            total = torch.zeros(labels.shape[0], device=logits.device).index_add(0, rows, token_logp)
+            return total, keep.sum(1)
+        keep = targets != IGNORE  # (B, T)
+        token_logp = -F.cross_entropy(logits.float().transpose(1, 2), targets.clamp(min=0), reduction="none")
+        return (token_logp * keep).sum(1), keep.sum(1)
+
+    def losses(self, backbone: nn.Module, batch: Batch, tasks: Sequence[Task]) -> torch.Tensor:
+        with routed(batch):
+            total, count = self.target_logprobs(backbone, batch)
+        return -total / count.clamp(min=1)  # (B,) mean token loss of each example
+
+    # --- prediction ---------------------------------------------------------------------
+    def candidate_ids(self, task: Task, tokenizer) -> list[list[int]]:
+        return [encode_target(tokenizer, word, self.config.max_target_length, not self.seq2seq)[:-1]
+                for word in task.candidates]
+
+    def first_token_logprobs(self, backbone: nn.Module, batch: Batch) -> torch.Tensor:
+        """Log-probabilities of the first target token after each prompt; (B, V)."""
+        if self.seq2seq:
+            start = torch.full((batch["input_ids"].shape[0], 1), backbone.config.decoder_start_token_id)
+            logits = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              decoder_input_ids=start).logits[:, 0]  # (B, V)
+        else:
+            hidden = backbone.base_model(input_ids=batch["input_ids"],
+                                         attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, d)
+            last = batch["attention_mask"].sum(1) - 1  # (B,) right padding: last real token
+            logits = backbone.get_output_embeddings()(hidden[torch.arange(hidden.shape[0]), last])  # (B, V)
+        return logits.float().log_softmax(-1)
+
+    def score(self, backbone: nn.Module, rows: Sequence[Encoded], tasks: Sequence[Task], tokenizer) -> list[Prediction]:
+        """Rank classification: the likelihood of each candidate word decides.
+
+        When every candidate of a task is one distinct token, one forward pass over the
+        prompts scores them all; otherwise each prompt is repeated with each candidate
+        appended and the summed log-likelihoods are compared (still one batched pass).
+        """
+        candidates = {task_id: self.candidate_ids(tasks[task_id], tokenizer) for task_id in {r.task_id for r in rows}}
+        single = all(len(ids) == 1 for ids_list in candidates.values() for ids in ids_list) and all(
+            len({ids[0] for ids in ids_list}) == len(ids_list) for ids_list in candidates.values())
+        if single:
+            batch = self.collate(rows, tokenizer)
+            with routed(batch):
+                logp = self.first_token_logprobs(backbone, batch)  # (B, V)
+            scores = [logp[i, [ids[0] for ids in candidates[row.task_id]]] for i, row in enumerate(rows)]
+        else:
+            expanded = [self._with_candidate(row, ids) for row in rows for ids in candidates[row.task_id]]
+            batch = self.collate(expanded, tokenizer)
+            with routed(batch):
+                total, _ = self.target_logprobs(backbone, batch)  # (sum C,)
+            scores, start = [], 0
+            for row in rows:
+                count = len(candidates[row.task_id])
+                scores.append(total[start: start + count])
+                start += count
+        return [tasks[row.task_id].from_candidate_probs(score.softmax(-1).tolist()) for row, score in zip(rows, scores)]
+
+    def _with_candidate(self, row: Encoded, candidate: list[int]) -> Encoded:
+        if self.seq2seq:
+            return Encoded(row.task_id, row.input_ids, labels=candidate)
+        return Encoded(row.task_id, row.input_ids + candidate, labels=[IGNORE] * len(row.input_ids) + candidate)
+
+    def generate(self, backbone: nn.Module, rows: Sequence[Encoded], tokenizer, max_new_tokens: int,
+                 num_beams: int) -> list[Prediction]:
+        """Greedy or beam search; task ids are expanded with the beams by the MTA layers."""
+        # Decoder-only models continue the prompt, so prompts are aligned on the right.
+        batch = self.collate(rows, tokenizer, side="right" if self.seq2seq else "left")
+        with routed(batch):
+            output = backbone.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )  # (B, T + new) or (B, new)
+        new_tokens = output if self.seq2seq else output[:, batch["input_ids"].shape[1]:]
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [(text.strip(), {}) for text in texts]
+
+
+class ClassifierHead(nn.Module):
+    """A linear classifier (or regressor) per task on the pooled hidden state."""
+
+    def __init__(self, backbone_config: PretrainedConfig, tasks: Sequence[Task], config: ModelConfig):
+        super().__init__()
+        for task in tasks:
+            if task.kind == "generation":
+                raise HeadError(f"task {task.name} generates text: model.head=classifier cannot; use model.head=lm")
+        self.config = config
+        decoder_only = not backbone_config.is_encoder_decoder and backbone_config.model_type not in (
+            "bert", "roberta", "xlm-roberta")
+        self.pooling = config.pooling or ("last" if decoder_only else "mean")
+        hidden = backbone_config.hidden_size
+        self.dropout = nn.Dropout(0.1)
+        self.heads = nn.ModuleDict({task.name: nn.Linear(hidden, task.num_outputs) for task in tasks})
+        self.task_names = [task.name for task in tasks]
+
+    @staticmethod
+    def auto_class(backbone_config: PretrainedConfig) -> type:
+        return AutoModel
+
+    def encode(self, task_id: int, task: Task, example: Example, tokenizer, with_target: bool) -> Encoded:
+        prompt, truncated = encode_prompt(tokenizer, task, example.inputs, self.config.max_source_length)
+        value = task.label_index(example) if with_target and example.target is not None else None
+        return Encoded(task_id, prompt, target=value, truncated=truncated)
+
+    def collate(self, rows: Sequence[Encoded], tokenizer, side: str = "right") -> Batch:
+        ids = [row.input_ids for row in rows]
+        batch: Batch = {
+            "task_ids": torch.tensor([row.task_id for row in rows]),
+            "input_ids": pad(ids, tokenizer.pad_token_id, "right"),  # (B, T)
+            "attention_mask": attention_mask(ids, "right"),  # (B, T)
+        }
+        if rows[0].target is not None:
+            batch["targets"] = torch.tensor([float(row.target) for row in rows])  # (B,)
+        batch["pool_masks"] = {"main": batch["attention_mask"]}
+        return batch
+
+    def outputs(self, backbone: nn.Module, batch: Batch) -> list[torch.Tensor]:
+        """Each row's head output: class logits (C,) or a score (1,)."""
+        encoder = backbone.get_encoder() if backbone.config.is_encoder_decoder else backbone
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"]  # (B, T)
+        if self.pooling == "first":
+            pooled = hidden[:, 0]
+        elif self.pooling == "last":
+            pooled = hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]
+        else:
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, d)
+        pooled = self.dropout(pooled)
+        # Rows of one batch may belong to different tasks: apply each task's head to its rows.
+        results: list[torch.Tensor] = [None] * pooled.shape[0]  # type: ignore[list-item]
+        for task_id in batch["task_ids"].unique().tolist():
+            rows = (batch["task_ids"] == task_id).nonzero()[:, 0]
+            out = self.heads[self.task_names[task_id]](pooled[rows])  # (n, C)
+            for row, value in zip(rows.tolist(), out):
+                results[row] = value
+        return results
+
+    def score(self, backbone: nn.Module, rows: Sequence[Encoded], tasks: Sequence[Task], tokenizer) -> list[Prediction]:
+        batch = self.collate(rows, tokenizer)
+        with routed(batch):
+            outputs = self.outputs(backbone, batch)
+        predictions = []
+        for row, output in zip(rows, outputs):
+            task = tasks[row.task_id]
+            values = output.float().softmax(-1) if task.kind == "classification" else output.float()
+            predictions.append(task.from_head_output(values.tolist()))
+        return predictions
+
+    def generate(self, *args: Any, **kwargs: Any) -> list[Prediction]:
+        raise HeadError("model.head=classifier cannot generate text; use model.head=lm")
+
+    def losses(self, backbone: nn.Module, batch: Batch, tasks: Sequence[Task]) -> torch.Tensor:
+        with routed(batch):
+            outputs = self.outputs(backbone, batch)
+        losses = []
+        for output, task_id, target in zip(outputs, batch["task_ids"].tolist(), batch["targets"]):
+            if tasks[task_id].kind == "regression":
+                losses.append(F.mse_loss(output[0], target))
+            else:
+                losses.append(F.cross_entropy(output[None], target.long()[None]))
+        return torch.stack(losses)  # (B,)

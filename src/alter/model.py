@@ -1,0 +1,191 @@
+"""MTAModel: a backbone, MTA layers inside it, and task heads; forward, predict, save, load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from alter.backbones import load_backbone, load_config
+from alter.config import ModelConfig
+from alter.data.collate import Encoded
+from alter.data.task import Example, Task, TaskSpec
+from alter.heads import ClassifierHead, LMHead, Prediction
+from alter.mta import ExpertModule, MTALayer, TaskGate, inject_mta
+
+HEADS = {"lm": LMHead, "classifier": ClassifierHead}
+WEIGHTS_FILE = "trained.safetensors"
+META_FILE = "alter.json"
+
+
+def task_group(task: Task) -> str:
+    """The groups of ALTER's released code: generation, sentence-pair and single-sentence tasks."""
+    if task.kind == "generation":
+        return "generation"
+    return "pair" if len(task.spec.inputs) > 1 else "single"
+
+
+def stage1_assignment(tasks: Sequence[Task], config: ModelConfig) -> tuple[torch.Tensor, int]:
+    """Each task's expert in stage 1, and the number of experts."""
+    rule = config.mta.assignment
+    names = [task.name for task in tasks]
+    if rule == "one_per_task":
+        experts = [i for i in range(len(tasks))]
+    elif rule == "by_kind":
+        groups = list(dict.fromkeys(task_group(task) for task in tasks))
+        experts = [groups.index(task_group(task)) for task in tasks]
+    else:
+        missing = [name for name in names if name not in rule]
+        if missing:
+            raise ValueError(f"model.mta.assignment: no expert for task(s) {', '.join(missing)}")
+        experts = [rule[name] for name in names]
+    count = config.mta.num_experts or max(experts) + 1
+    if max(experts) >= count:
+        raise ValueError(
+            f"model.mta.num_experts={count} is fewer than the experts that the assignment needs "
+            f"({max(experts) + 1}); raise num_experts or set model.mta.assignment=by_kind")
+    return torch.tensor(experts), count
+
+
+class MTAModel(nn.Module):
+    def __init__(self, config: ModelConfig, tasks: Sequence[Task]):
+        super().__init__()
+        if not tasks:
+            raise ValueError("an MTA model needs at least one task")
+        self.config = config
+        self.tasks = list(tasks)
+        self.task_index = {task.name: i for i, task in enumerate(self.tasks)}
+        backbone_config = load_config(config.backbone)
+        head_class = HEADS[config.head]
+        self.head = head_class(backbone_config, self.tasks, config)
+        self.backbone, self.tokenizer = load_backbone(config.backbone, head_class.auto_class(backbone_config))
+        self.backbone.requires_grad_(False)
+        self.mta_layers: list[MTALayer] = []
+        if config.mta.enabled:
+            assignment, num_experts = stage1_assignment(self.tasks, config)
+            mta = config.mta.model_copy(update={"num_experts": num_experts})
+            self.mta_layers = inject_mta(self.backbone, mta, len(self.tasks), assignment)
+        self.backbone_trained = False
+
+    # --- parameters as data -------------------------------------------------------------
+    def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """Every parameter in exactly one group: experts, gates, heads or backbone."""
+        groups: dict[str, dict[str, nn.Parameter]] = {"experts": {}, "gates": {}, "heads": {}, "backbone": {}}
+        owner: dict[int, str] = {}
+        for module_name, module in self.named_modules():
+            group = ("experts" if isinstance(module, ExpertModule) else "gates" if isinstance(module, TaskGate)
+                     else "heads" if module is self.head else None)
+            if group:
+                for param in module.parameters():
+                    owner.setdefault(id(param), group)
+        for name, param in self.named_parameters():
+            groups[owner.get(id(param), "backbone")][name] = param
+        return groups
+
+    # --- data -> tensors ----------------------------------------------------------------
+    def encode(self, examples: Sequence[Example], with_target: bool = True) -> list[Encoded]:
+        return [self.head.encode(self.task_id(example.task), self.tasks[self.task_id(example.task)],
+                                 example, self.tokenizer, with_target) for example in examples]
+
+    def task_id(self, name: str) -> int:
+        if name not in self.task_index:
+            raise KeyError(f"this model was not trained on task '{name}'; its tasks: {', '.join(self.task_index)}")
+        return self.task_index[name]
+
+    def forward(self, rows: Sequence[Encoded]) -> torch.Tensor:
+        """Per-example training losses of a (mixed-task) batch; (B,)."""
+        return self.head.losses(self.backbone, self.head.collate(rows, self.tokenizer), self.tasks)
+
+    @torch.no_grad()
+    def predict(self, examples: Sequence[Example], batch_size: int = 16, max_new_tokens: int = 48,
+                num_beams: int = 1) -> list[Prediction]:
+        """Predictions in input order: (label, scores) / (score, {}) / (text, {})."""
+        was_training = self.training
+        self.eval()
+        rows = self.encode(examples, with_target=False)
+        results: list[Prediction | None] = [None] * len(rows)
+        generating = [i for i, row in enumerate(rows) if self.tasks[row.task_id].kind == "generation"]
+        scoring = [i for i, row in enumerate(rows) if self.tasks[row.task_id].kind != "generation"]
+        for indices, run in ((scoring, self._score), (generating, self._generate(max_new_tokens, num_beams))):
+            # Similar lengths together: less padding, same results.
+            indices = sorted(indices, key=lambda i: len(rows[i].input_ids))
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start: start + batch_size]
+                for i, prediction in zip(chunk, run([rows[i] for i in chunk])):
+                    results[i] = prediction
+        self.train(was_training)
+        return results  # type: ignore[return-value]
+
+    def _score(self, rows: Sequence[Encoded]) -> list[Prediction]:
+        return self.head.score(self.backbone, rows, self.tasks, self.tokenizer)
+
+    def _generate(self, max_new_tokens: int, num_beams: int):
+        def run(rows: Sequence[Encoded]) -> list[Prediction]:
+            return self.head.generate(self.backbone, rows, self.tokenizer, max_new_tokens, num_beams)
+        return run
+
+    # --- gates --------------------------------------------------------------------------
+    def start_collaboration(self, own_weight: float) -> None:
+        for layer in self.mta_layers:
+            layer.gate.start_collaboration(own_weight)
+
+    @torch.no_grad()
+    def task_gate_weights(self) -> torch.Tensor:
+        """Task-level gate weights of every MTA layer, (L, tasks, K) (input router left out)."""
+        if not self.mta_layers:
+            return torch.empty(0)
+        task_ids = torch.arange(len(self.tasks))
+        no_input = torch.zeros(len(self.tasks), self.backbone.config.hidden_size)  # R(0) = 0
+        return torch.stack([layer.gate(task_ids, no_input) for layer in self.mta_layers])
+
+    # --- checkpoints --------------------------------------------------------------------
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """What training can change: MTA layers and heads (and the backbone if it was trained)."""
+        groups = self.param_groups()
+        names = [*groups["experts"], *groups["gates"], *groups["heads"]]
+        if self.backbone_trained:
+            names += list(groups["backbone"])
+        state = self.state_dict()
+        kept = {name: state[name] for name in names}
+        kept.update({name: value for name, value in state.items() if ".mta." in name})  # gate buffers
+        return {name: value.detach().contiguous() for name, value in kept.items()}
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.trained_state(), str(directory / WEIGHTS_FILE))
+        meta = {
+            "format": 1,
+            "backbone": self.config.backbone,
+            "model": self.config.model_dump(mode="json"),
+            "tasks": [task.spec.model_dump(mode="json") for task in self.tasks],
+            "backbone_trained": self.backbone_trained,
+            **(extra or {}),
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    def load_trained(self, directory: str | Path) -> None:
+        state = load_file(str(Path(directory) / WEIGHTS_FILE))
+        missing = set(state) - set(self.state_dict())
+        if missing:
+            raise ValueError(f"{directory}: checkpoint holds weights this model lacks: {sorted(missing)[:3]}")
+        self.load_state_dict(state, strict=False)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MTAModel:
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{directory} is not an alter checkpoint (no {META_FILE})")
+        meta = json.loads(meta_path.read_text())
+        tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
+        model = cls(ModelConfig.model_validate(meta["model"]), tasks)
+        model.backbone_trained = meta.get("backbone_trained", False)
+        model.load_trained(directory)
+        model.eval()
+        return model
