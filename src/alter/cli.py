@@ -1,1 +1,165 @@
-def app(): pass
+"""The `alter` command line: a thin map from subcommands to library functions."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Small language models as multi-task learners with Mixture-of-Task-Adapters.")
+console = Console()
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, OSError)
+
+
+def friendly_errors(command):
+    """One clear line instead of a traceback for bad input (ALTER_DEBUG=1 shows tracebacks)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        for noisy in ("httpx", "urllib3", "transformers", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: the last checkpoint is saved; run the same command to resume")
+            raise typer.Exit(130) from None
+        except USER_ERRORS as error:
+            if os.environ.get("ALTER_DEBUG") == "1":
+                raise
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def score_table(title: str, metrics: dict, before: dict | None = None, macro: float | None = None,
+                macro_before: float | None = None) -> Table:
+    table = Table(title=title)
+    table.add_column("task")
+    table.add_column("metric")
+    if before:
+        table.add_column("untrained", justify="right")
+    table.add_column("score" if not before else "trained", justify="right")
+    for task, values in metrics.items():
+        for metric, value in values.items():
+            cells = [task, metric]
+            if before:
+                cells.append(f"{100 * before[task][metric]:.1f}")
+            cells.append(f"{100 * value:.1f}")
+            table.add_row(*cells)
+    if macro is not None:
+        untrained = [f"{macro_before:.1f}" if macro_before is not None else ""] if before else []
+        table.add_row("macro", "main metrics", *untrained, f"{macro:.1f}")
+    return table
+
+
+@app.command()
+@friendly_errors
+def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
+          set_: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value")] = None) -> None:
+    """Train the configured stages; resumes from the last checkpoint when run again."""
+    from alter.config import load_config
+    from alter.train.run import run_training
+
+    cfg = load_config(config, set_ or [])
+    report = run_training(cfg)
+    console.print(score_table(f"{cfg.output_dir}", report["metrics"], report.get("before_training"),
+                              report["macro"], report.get("macro_before_training")))
+    for label, stage in report["stages"].items():
+        console.print(f"{label}: {stage['trainable_params']:,} trainable parameters, "
+                      f"{stage['wall_seconds']:.1f} s, {stage['tokens_per_s']:.0f} tokens/s")
+    console.print(f"report: {cfg.output_dir}/report.md, model: {cfg.output_dir}/model")
+
+
+@app.command("eval")
+@friendly_errors
+def eval_(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder")],
+          split: str = "dev", max_eval: Annotated[Optional[int], typer.Option(help="examples per task")] = None,
+          data_root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
+          output: Annotated[Optional[Path], typer.Option(help="write the metrics as JSON here")] = None,
+          batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48) -> None:
+    """Evaluate a saved model on its tasks."""
+    from alter.config import EvalConfig
+    from alter.data.task import data_root as resolve_root
+    from alter.evaluate.evaluator import evaluate, macro_average
+    from alter.model import MTAModel
+    from alter.train.run import sample
+
+    model = MTAModel.load(checkpoint)
+    root = resolve_root(data_root)
+    sets = {task.name: sample(task.read(split, root), max_eval, 0, task.name) for task in model.tasks}
+    metrics = evaluate(model, sets, EvalConfig(batch_size=batch_size, num_beams=num_beams,
+                                               max_new_tokens=max_new_tokens))
+    macro = macro_average(model.tasks, metrics)
+    console.print(score_table(f"{checkpoint} on {split}", metrics, macro=macro))
+    if output:
+        output.write_text(json.dumps({"metrics": metrics, "macro": macro}, indent=2))
+
+
+@app.command()
+@friendly_errors
+def predict(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder")],
+            task: Annotated[str, typer.Option(help="task name")],
+            input: Annotated[Path, typer.Option(help="JSONL file: one object of input fields per line")],
+            output: Annotated[Optional[Path], typer.Option(help="JSONL results (default: stdout)")] = None,
+            batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48) -> None:
+    """Predict one task for every line of a JSONL file."""
+    from alter.data.readers import DataError, read_rows
+    from alter.model import MTAModel
+    from alter.data.task import Example
+
+    model = MTAModel.load(checkpoint)
+    spec = model.tasks[model.task_id(task)].spec
+    if not input.exists():
+        raise FileNotFoundError(f"input file not found: {input}")
+    examples = []
+    for line, row in read_rows(input, "jsonl"):
+        if "__malformed__" in row:
+            raise DataError(f"{input}:{line}: {row['__malformed__']}")
+        missing = [field for field in spec.inputs if field not in row]
+        if missing:
+            raise DataError(f"{input}:{line}: missing field(s) {', '.join(missing)} of task {task}")
+        examples.append(Example(task, {field: str(row[field]) for field in spec.inputs}, None))
+    results = model.predict(examples, batch_size, max_new_tokens, num_beams)
+    lines = [json.dumps({"task": task, "prediction": value, "scores": scores}) for value, scores in results]
+    text = "\n".join(lines) + ("\n" if lines else "")
+    if output:
+        output.write_text(text)
+        console.print(f"{len(lines)} predictions written to {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+@friendly_errors
+def tasks(data_root: Annotated[Optional[str], typer.Option(help="data folder")] = None) -> None:
+    """List the registered tasks and the sizes of their splits."""
+    from alter.data.registry import builtin_registry
+    from alter.data.task import data_root as resolve_root
+
+    root = resolve_root(data_root)
+    registry = builtin_registry()
+    table = Table(title=f"tasks (data root: {root})")
+    for column in ("task", "kind", "main metric", "splits"):
+        table.add_column(column)
+    for name in registry.names():
+        task = registry.get(name)
+        sizes = []
+        for split, source in task.spec.splits.items():
+            path = root / source.path
+            sizes.append(f"{split} {len(task.read(split, root)):,}" if path.exists() else f"{split} (missing)")
+        table.add_row(name, task.kind, task.main_metric, ", ".join(sizes))
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()

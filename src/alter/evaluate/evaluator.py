@@ -1,0 +1,44 @@
+"""Run a model on each task's evaluation examples and compute that task's metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alter.config import EvalConfig
+from alter.data.task import Example, Task
+from alter.model import MTAModel
+
+
+def references_of(task: Task, examples: Sequence[Example]) -> list:
+    if task.kind == "generation":
+        return [list(example.references) for example in examples]
+    return [example.target for example in examples]
+
+
+def evaluate(model: MTAModel, eval_sets: dict[str, list[Example]], config: EvalConfig) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} on 0-1 scales; all tasks' examples predicted together."""
+    everything = [example for examples in eval_sets.values() for example in examples]
+    predictions = model.predict(everything, config.batch_size, config.max_new_tokens, config.num_beams)
+    results, start = {}, 0
+    for name, examples in eval_sets.items():
+        task = model.tasks[model.task_id(name)]
+        values = [value for value, _ in predictions[start: start + len(examples)]]
+        start += len(examples)
+        results[name] = compute_task_metrics(task, values, examples)
+    return results
+
+
+def compute_task_metrics(task: Task, predictions: list, examples: Sequence[Example]) -> dict[str, float]:
+    from alter.evaluate.metrics import compute
+
+    return compute(task.metrics, predictions, references_of(task, examples))
+
+
+def main_score(task: Task, metrics: dict[str, float]) -> float:
+    return metrics[task.main_metric]
+
+
+def macro_average(tasks: Sequence[Task], results: dict[str, dict[str, float]]) -> float:
+    """Mean over tasks of each task's main metric, on a 0-100 scale."""
+    scores = [main_score(task, results[task.name]) for task in tasks if task.name in results]
+    return 100.0 * sum(scores) / max(len(scores), 1)

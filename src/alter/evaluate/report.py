@@ -1,0 +1,119 @@
+"""Reports: JSON and Markdown tables of every task and the macro average; PNG plots of the
+training loss per task and of the learned gate weights (task x expert) of each MTA layer."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from alter.evaluate.evaluator import macro_average  # noqa: E402
+
+
+def markdown_table(tasks: Sequence, after: dict, before: dict | None) -> str:
+    lines = ["| task | metric | untrained | trained |", "|---|---|---|---|"] if before else [
+        "| task | metric | trained |", "|---|---|---|"]
+    for task in tasks:
+        for metric, value in after[task.name].items():
+            mark = " (main)" if metric == task.main_metric else ""
+            cells = [task.name, metric + mark]
+            if before:
+                cells.append(f"{100 * before[task.name][metric]:.1f}")
+            cells.append(f"{100 * value:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    macro = [f"{macro_average(tasks, before):.1f}"] if before else []
+    lines.append("| **macro** | main metrics | " + " | ".join([*macro, f"{macro_average(tasks, after):.1f}"]) + " |")
+    return "\n".join(lines)
+
+
+def plot_losses(log_path: Path, target: Path) -> bool:
+    if not log_path.exists():
+        return False
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if "task_loss" in r]
+    if not records:
+        return False
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    offsets, offset, stage_of = {}, 0, None
+    for record in records:  # steps continue across stages on one axis
+        if record["stage"] != stage_of:
+            stage_of = record["stage"]
+            offsets[stage_of] = offset
+        offset = offsets[stage_of] + record["step"]
+    for name in sorted({n for r in records for n in r["task_loss"]}):
+        points = [(offsets[r["stage"]] + r["step"], r["task_loss"][name]) for r in records if name in r["task_loss"]]
+        axis.plot(*zip(*points), label=name)
+    for stage, start in offsets.items():
+        axis.axvline(start, color="grey", linewidth=0.5)
+        axis.text(start, axis.get_ylim()[1], f" {stage}", va="top", fontsize=8, color="grey")
+    axis.set(xlabel="step", ylabel="training loss", title="Training loss per task")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(target, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def plot_gates(weights, task_names: Sequence[str], target: Path) -> bool:
+    """weights (L, tasks, K): one small heatmap per MTA layer."""
+    if weights.numel() == 0:
+        return False
+    layers = weights.shape[0]
+    columns = min(6, layers)
+    rows = math.ceil(layers / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 0.4 * len(task_names) * rows + 1.2 * rows),
+                                squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        if index >= layers:
+            axis.axis("off")
+            continue
+        axis.imshow(weights[index].numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        axis.set_title(f"layer {index}", fontsize=8)
+        axis.set_yticks(range(len(task_names)), task_names if index % columns == 0 else [], fontsize=7)
+        axis.set_xticks(range(weights.shape[2]), [str(k) for k in range(weights.shape[2])], fontsize=6)
+    figure.suptitle("Gate weights: task (rows) x expert (columns)")
+    figure.tight_layout()
+    figure.savefig(target, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def write_report(out: Path, model, after: dict, before: dict | None, stages: Sequence,
+                 eval_counts: dict[str, int]) -> dict[str, Any]:
+    tasks = model.tasks
+    report: dict[str, Any] = {
+        "backbone": model.config.backbone,
+        "metrics": after,
+        "macro": macro_average(tasks, after),
+        "main_metrics": {task.name: task.main_metric for task in tasks},
+        "eval_examples": eval_counts,
+        "stages": {s.label: {"steps": s.steps, "trainable_params": s.trainable_params,
+                             "wall_seconds": round(s.wall_seconds, 2), "tokens_per_s": round(s.tokens_per_s, 1)}
+                   for s in stages},
+    }
+    if before is not None:
+        report["before_training"] = before
+        report["macro_before_training"] = macro_average(tasks, before)
+    plots = {}
+    if plot_losses(out / "log.jsonl", out / "loss_curves.png"):
+        plots["loss_curves"] = "loss_curves.png"
+    if plot_gates(model.task_gate_weights(), [t.name for t in tasks], out / "gates.png"):
+        plots["gates"] = "gates.png"
+    report["plots"] = plots
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    stage_lines = ["| stage | steps | trainable params | wall time (s) | tokens/s |", "|---|---|---|---|---|"]
+    stage_lines += [f"| {label} | {s['steps']} | {s['trainable_params']:,} | {s['wall_seconds']} | {s['tokens_per_s']} |"
+                    for label, s in report["stages"].items()]
+    markdown = [f"# Report: {model.config.backbone}", "", "Scores on a 0-100 scale; evaluation examples per task: "
+                + ", ".join(f"{k} {v}" for k, v in eval_counts.items()), "", markdown_table(tasks, after, before),
+                "", "## Stages", "", *stage_lines, ""]
+    markdown += [f"![{name}]({path})" for name, path in plots.items()]
+    (out / "report.md").write_text("\n".join(markdown) + "\n")
+    return report

@@ -1,0 +1,137 @@
+"""The one training loop. A stage config says what trains and for how long; this runs it."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from alter.config import StageConfig
+from alter.data.collate import Encoded
+from alter.data.mixture import batch_plan
+from alter.model import MTAModel
+from alter.train.checkpoint import load_training_state, save_training_state
+from alter.train.stages import prepare_stage
+
+
+class JsonlLog:
+    """Appends one JSON object per line; what a plot or a person reads after the run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class StageData:
+    rows: list[list[Encoded]]  # encoded training examples, per task
+    rates: list[float]  # mixture sampling rate per task
+    task_names: list[str]
+
+
+@dataclass
+class StageResult:
+    label: str
+    steps: int
+    trainable_params: int
+    wall_seconds: float  # this stage's training time, summed over resumed pieces
+    tokens_per_s: float
+    final_loss: float
+
+
+def _schedule(stage: StageConfig) -> Callable[[int], float]:
+    warmup = int(stage.warmup_ratio * stage.steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if stage.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, stage.steps - warmup)
+        return 1.0 - progress if stage.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir: Path, log: JsonlLog,
+                seed: int, evaluate: Callable[[], float] | None = None) -> StageResult:
+    """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`."""
+    trainable = prepare_stage(model, stage)
+    params = list(trainable.values())
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    factor = _schedule(stage)
+    plan = batch_plan([[len(row.input_ids) for row in rows] for rows in data.rows], data.rates,
+                      stage.steps * stage.grad_accum, stage.batch_size, seed)
+    last = stage_dir / "last"
+    step, spent, tokens, best = 0, 0.0, 0, float("-inf")
+    if not last.exists() and last.with_name("last.old").exists():  # killed while replacing
+        last = last.with_name("last.old")
+    if last.exists():
+        meta = load_training_state(last, model, optimizer)
+        step, spent, tokens, best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
+        last = stage_dir / "last"
+
+    def save(at_step: int) -> None:
+        save_training_state(last, model, optimizer, at_step,
+                            {"wall_seconds": spent, "tokens": tokens, "best": best, "stage": stage.label})
+
+    model.train()
+    task_losses: dict[str, list[float]] = defaultdict(list)
+    progress = tqdm(total=stage.steps, initial=step, desc=stage.label, unit="step", dynamic_ncols=True)
+    loss_value = float("nan")
+    try:
+        while step < stage.steps:
+            started = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = stage.lr * factor(step)
+            step_loss = 0.0
+            for micro in range(stage.grad_accum):
+                batch = [data.rows[task][index] for task, index in plan[step * stage.grad_accum + micro]]
+                losses = model(batch)  # (B,)
+                (losses.mean() / stage.grad_accum).backward()
+                step_loss += losses.mean().item() / stage.grad_accum
+                tokens += sum(len(row.input_ids) for row in batch)
+                for row, value in zip(batch, losses.tolist()):
+                    task_losses[data.task_names[row.task_id]].append(value)
+            if stage.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            spent += time.perf_counter() - started
+            loss_value = step_loss
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / max(spent, 1e-9):.0f}")
+            if step % stage.log_every == 0 or step == stage.steps:
+                log.write({"stage": stage.label, "step": step, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"],
+                           "task_loss": {name: sum(v) / len(v) for name, v in task_losses.items()},
+                           "tokens_per_s": tokens / max(spent, 1e-9), "elapsed_s": spent})
+                task_losses.clear()
+            if evaluate and stage.eval_every and (step % stage.eval_every == 0 or step == stage.steps):
+                score = evaluate()
+                log.write({"stage": stage.label, "step": step, "eval_macro": score})
+                model.train()
+                if score > best:
+                    best = score
+                    model.save(stage_dir / "best", {"stage": stage.label, "step": step, "macro": score})
+            if step % stage.save_every == 0 or step == stage.steps:
+                save(step)
+    except KeyboardInterrupt:
+        save(step)
+        progress.close()
+        raise
+    progress.close()
+    model.eval()
+    return StageResult(stage.label, step, sum(p.numel() for p in params), spent, tokens / max(spent, 1e-9), loss_value)

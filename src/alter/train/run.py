@@ -1,0 +1,93 @@
+"""`alter train`: config -> data -> model -> stages -> evaluation -> report and saved model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from alter.config import Config
+from alter.data.collate import Encoded
+from alter.data.mixture import mixture_rates
+from alter.data.registry import builtin_registry
+from alter.data.task import Example, Task, data_root
+from alter.evaluate.evaluator import evaluate, macro_average
+from alter.evaluate.report import write_report
+from alter.model import MTAModel
+from alter.train.loop import JsonlLog, StageData, train_stage
+
+log = logging.getLogger(__name__)
+
+
+def sample(examples: list[Example], cap: int | None, seed: int, task: str) -> list[Example]:
+    """At most `cap` examples, the same ones for the same seed on every machine."""
+    if cap is None or len(examples) <= cap:
+        return examples
+    rng = random.Random(seed * 1_000_003 + zlib.crc32(task.encode()))
+    return [examples[i] for i in sorted(rng.sample(range(len(examples)), cap))]
+
+
+def load_tasks(config: Config) -> list[Task]:
+    registry = builtin_registry(config.data.custom_tasks)
+    return [registry.get(ref.name) for ref in config.data.refs()]
+
+
+def load_split(config: Config, tasks: Sequence[Task], split: str, cap_field: str) -> dict[str, list[Example]]:
+    root = data_root(config.data.root)
+    refs = {ref.name: ref for ref in config.data.refs()}
+    return {task.name: sample(task.read(split, root), getattr(refs[task.name], cap_field), config.data.seed, task.name)
+            for task in tasks}
+
+
+def stage_data(model: MTAModel, config: Config, train_sets: dict[str, list[Example]]) -> StageData:
+    rows: list[list[Encoded]] = [model.encode(train_sets[task.name]) for task in model.tasks]
+    for task, encoded in zip(model.tasks, rows):
+        if not encoded:
+            raise ValueError(f"task {task.name} has no training examples")
+    sizes = {task.name: len(encoded) for task, encoded in zip(model.tasks, rows)}
+    mix = config.data.mixture
+    rates = mixture_rates(sizes, mix.sampling, mix.temperature, mix.rates)
+    return StageData(rows, [rates[name] for name in sizes], list(sizes))
+
+
+def run_training(config: Config) -> dict[str, Any]:
+    """Train every configured stage (resuming where a previous run stopped) and report."""
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    torch.manual_seed(config.seed)
+    tasks = load_tasks(config)
+    train_sets = load_split(config, tasks, config.data.train_split, "max_train")
+    eval_sets = load_split(config, tasks, config.data.eval_split, "max_eval")
+    model = MTAModel(config.model, tasks)
+    journal = JsonlLog(out / "log.jsonl")
+
+    before_path = out / "eval_before.json"
+    before = None
+    if config.eval.before_training:
+        if before_path.exists():
+            before = json.loads(before_path.read_text())
+        else:
+            log.info("evaluating the untrained model on %s", {k: len(v) for k, v in eval_sets.items()})
+            before = evaluate(model, eval_sets, config.eval)
+            before_path.write_text(json.dumps(before, indent=2))
+
+    def eval_macro() -> float:
+        return macro_average(tasks, evaluate(model, eval_sets, config.eval))
+
+    data = stage_data(model, config, train_sets)
+    stages = []
+    for index, stage in enumerate(config.stages):
+        result = train_stage(model, stage, data, out / "stages" / stage.label, journal,
+                             seed=config.seed + index, evaluate=eval_macro)
+        stages.append(result)
+    model.save(out / "model", {"stages": [vars(result) for result in stages]})
+    after = evaluate(model, eval_sets, config.eval)
+    return write_report(out, model, after, before, stages, {name: len(v) for name, v in eval_sets.items()})
