@@ -114,8 +114,8 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="a saved model folde
             batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48) -> None:
     """Predict one task for every line of a JSONL file."""
     from alter.data.readers import DataError, read_rows
-    from alter.model import MTAModel
     from alter.data.task import Example
+    from alter.model import MTAModel
 
     model = MTAModel.load(checkpoint)
     spec = model.tasks[model.task_id(task)].spec

@@ -158,9 +158,9 @@ class LMHead(nn.Module):
             return Encoded(row.task_id, row.input_ids, labels=candidate)
         return Encoded(row.task_id, row.input_ids + candidate, labels=[IGNORE] * len(row.input_ids) + candidate)
 
-    def generate(self, backbone: nn.Module, rows: Sequence[Encoded], tokenizer, max_new_tokens: int,
-                 num_beams: int) -> list[Prediction]:
-        """Greedy or beam search; task ids are expanded with the beams by the MTA layers."""
+    def generate_ids(self, backbone: nn.Module, rows: Sequence[Encoded], tokenizer, max_new_tokens: int,
+                     num_beams: int) -> torch.Tensor:
+        """New token ids, (B, new). Task ids are expanded with the beams by the MTA layers."""
         # Decoder-only models continue the prompt, so prompts are aligned on the right.
         batch = self.collate(rows, tokenizer, side="right" if self.seq2seq else "left")
         with routed(batch):
@@ -169,10 +169,13 @@ class LMHead(nn.Module):
                 max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )  # (B, T + new) or (B, new)
-        new_tokens = output if self.seq2seq else output[:, batch["input_ids"].shape[1]:]
+        return output if self.seq2seq else output[:, batch["input_ids"].shape[1]:]
+
+    def generate(self, backbone: nn.Module, rows: Sequence[Encoded], tokenizer, max_new_tokens: int,
+                 num_beams: int) -> list[Prediction]:
+        new_tokens = self.generate_ids(backbone, rows, tokenizer, max_new_tokens, num_beams)
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [(text.strip(), {}) for text in texts]
-
 
 class ClassifierHead(nn.Module):
     """A linear classifier (or regressor) per task on the pooled hidden state."""

@@ -77,12 +77,12 @@ class MTAModel(nn.Module):
         """Every parameter in exactly one group: experts, gates, heads or backbone."""
         groups: dict[str, dict[str, nn.Parameter]] = {"experts": {}, "gates": {}, "heads": {}, "backbone": {}}
         owner: dict[int, str] = {}
-        for module_name, module in self.named_modules():
-            group = ("experts" if isinstance(module, ExpertModule) else "gates" if isinstance(module, TaskGate)
-                     else "heads" if module is self.head else None)
-            if group:
-                for param in module.parameters():
-                    owner.setdefault(id(param), group)
+        for module in self.modules():
+            if isinstance(module, ExpertModule):
+                owner.update({id(param): "experts" for param in module.expert_parameters()})
+            elif isinstance(module, TaskGate):
+                owner.update({id(param): "gates" for param in module.parameters()})
+        owner.update({id(param): "heads" for param in self.head.parameters()})
         for name, param in self.named_parameters():
             groups[owner.get(id(param), "backbone")][name] = param
         return groups

@@ -13,8 +13,17 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
-    BartConfig, BartForConditionalGeneration, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel,
-    LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration,
+    BartConfig,
+    BartForConditionalGeneration,
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3
@@ -63,8 +72,9 @@ TINY_FAMILIES = ("llama", "gpt2", "t5", "bart", "bert")
 
 def build_tiny_backbone(family: str, target: Path) -> None:
     """Write a tiny random model of `family` and its tokenizer to `target` (atomically)."""
-    torch.manual_seed(0)
-    model = _model(family)
+    with torch.random.fork_rng():  # the same weights everywhere, the caller's RNG untouched
+        torch.manual_seed(0)
+        model = _model(family)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".tiny-{family}-") as tmp:
         out = Path(tmp) / "model"

@@ -15,7 +15,7 @@ BUILTIN_TASKS: list[TaskSpec] = [
     TaskSpec(
         name="sst2", kind="classification",
         inputs={"sentence": "sentence"}, target="label",
-        template="Review: {sentence}\nIs the sentiment of this review positive or negative?\nAnswer:",
+        template="Movie review: {sentence}\nSentiment (positive or negative):",
         labels=["negative", "positive"], label_map=_BINARY,
         splits={
             "train": SplitSource(path="glue/SST-2/train.tsv", hub=_glue("sst2", "train")),

@@ -152,10 +152,10 @@ class Task:
             hub = datasets.load_dataset(source.hub.path, source.hub.name, split=source.hub.split)
         except Exception as error:  # noqa: BLE001 - any hub failure means the same to the user
             raise DataError(hint + f" (the hub was tried and failed: {error.__class__.__name__})") from None
-        rename = {ours: theirs for ours, theirs in source.hub.columns.items()}
+        theirs = {ours: source.hub.columns.get(ours, ours) for ours in self._columns()}
         examples = []
         for index, record in enumerate(hub):
-            row = {ours: str(record[rename.get(ours, ours)]) for ours in self._columns() if rename.get(ours, ours) in record}
+            row = {ours: str(record[name]) for ours, name in theirs.items() if name in record}
             raw = row.get(self.spec.target)
             if raw in source.hub.label_map:
                 row[self.spec.target] = source.hub.label_map[raw]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from alter.config import EvalConfig
 from alter.data.task import Example, Task
+from alter.evaluate.metrics import compute
 from alter.model import MTAModel
 
 
@@ -29,8 +30,6 @@ def evaluate(model: MTAModel, eval_sets: dict[str, list[Example]], config: EvalC
 
 
 def compute_task_metrics(task: Task, predictions: list, examples: Sequence[Example]) -> dict[str, float]:
-    from alter.evaluate.metrics import compute
-
     return compute(task.metrics, predictions, references_of(task, examples))
 
 

@@ -109,8 +109,9 @@ def write_report(out: Path, model, after: dict, before: dict | None, stages: Seq
     report["plots"] = plots
     (out / "report.json").write_text(json.dumps(report, indent=2))
     stage_lines = ["| stage | steps | trainable params | wall time (s) | tokens/s |", "|---|---|---|---|---|"]
-    stage_lines += [f"| {label} | {s['steps']} | {s['trainable_params']:,} | {s['wall_seconds']} | {s['tokens_per_s']} |"
-                    for label, s in report["stages"].items()]
+    for label, s in report["stages"].items():
+        stage_lines.append(
+            f"| {label} | {s['steps']} | {s['trainable_params']:,} | {s['wall_seconds']} | {s['tokens_per_s']} |")
     markdown = [f"# Report: {model.config.backbone}", "", "Scores on a 0-100 scale; evaluation examples per task: "
                 + ", ".join(f"{k} {v}" for k, v in eval_counts.items()), "", markdown_table(tasks, after, before),
                 "", "## Stages", "", *stage_lines, ""]

@@ -16,7 +16,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 
 class ExpertModule(nn.Module):
-    """Marker base class: parameters of its subclasses form the `experts` group."""
+    """Base class of experts: `expert_parameters()` form the model's `experts` group."""
+
+    def expert_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())
 
 
 class BottleneckExperts(ExpertModule):
@@ -69,6 +72,9 @@ class LoRAExpertLinear(ExpertModule):
         self.scale = alpha / rank
         self.slot = slot
         self.dropout = nn.Dropout(dropout)
+
+    def expert_parameters(self) -> list[nn.Parameter]:
+        return [self.lora_A, self.lora_B]  # not the pretrained linear inside
 
     @property
     def weight(self) -> torch.Tensor:

@@ -48,8 +48,8 @@ class TaskGate(nn.Module):
             logits = logits + self.router(pooled.to(self.router.weight.dtype))
         logits = logits / self.temperature
         if self.top_k is not None and self.top_k < self.num_experts:
-            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            keep = logits.topk(self.top_k, dim=-1).indices  # (B, k); ties broken by index
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, keep, logits.gather(-1, keep))
         return logits.softmax(dim=-1)
 
     @torch.no_grad()

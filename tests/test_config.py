@@ -1,0 +1,41 @@
+"""Config files: strict keys, types named in errors, overrides from the command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from alter.config import ConfigError, load_config
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_configs_load():
+    for name in ("configs/tiny.yaml", "configs/quickstart.yaml"):
+        config = load_config(name)
+        assert config.stages[0].kind == "stage1"
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write(tmp_path, "data: {tasks: [sst2]}\nmodel: {mta: {rnak: 4}}\n")
+    with pytest.raises(ConfigError, match=r"model.mta.rnak: unknown key"):
+        load_config(path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = write(tmp_path, "data: {tasks: [sst2]}\nstages: [{kind: stage1, steps: many}]\n")
+    with pytest.raises(ConfigError, match=r"stages.0.steps: .*integer"):
+        load_config(path)
+
+
+def test_overrides(tmp_path):
+    path = write(tmp_path, "data: {tasks: [sst2]}\nstages: [{kind: stage1, steps: 5}]\n")
+    config = load_config(path, ["stages.0.steps=7", "model.mta.rank=4", "data.max_train=10", "output_dir=/tmp/x"])
+    assert (config.stages[0].steps, config.model.mta.rank, config.data.max_train) == (7, 4, 10)
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(path, ["stages.0.steps"])
+    with pytest.raises(ConfigError, match="model.mta.rank"):
+        load_config(path, ["model.mta.rank=big"])

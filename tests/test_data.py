@@ -1,0 +1,101 @@
+"""Tasks, files, mixtures: real GLUE / DialogSum files and a user's own CSV."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alter.data.mixture import batch_plan, mixture_rates
+from alter.data.readers import DataError
+from alter.data.registry import TaskNotFoundError, TaskRegistry, builtin_registry
+from alter.data.task import TaskSpec, data_root
+
+
+def test_builtin_tasks_read_the_shared_data(registry):
+    root = data_root()
+    sizes = {name: len(registry.get(name).read("dev", root)) for name in ("sst2", "cola", "mrpc", "stsb", "rte")}
+    assert sizes == {"sst2": 872, "cola": 1043, "mrpc": 408, "stsb": 1500, "rte": 277}
+    dialog = registry.get("dialogsum").read("dev", root)[0]
+    assert dialog.target and dialog.references[0] == dialog.target
+
+
+def test_qqp_skips_its_one_joined_line_with_a_warning(registry, caplog):
+    examples = registry.get("qqp").read("dev", data_root())
+    assert len(examples) > 1900
+    assert "skipped 1 malformed row" in caplog.text
+
+
+def test_unknown_task_names_the_known_ones(registry):
+    with pytest.raises(TaskNotFoundError, match="unknown task 'sst3'.*sst2"):
+        registry.get("sst3")
+
+
+def test_duplicate_task_names_are_an_error(registry):
+    spec = registry.get("sst2").spec
+    with pytest.raises(ValueError, match="registered twice"):
+        TaskRegistry([spec, spec])
+
+
+def user_spec(tmp_path, rows: str, **extra) -> TaskSpec:
+    (tmp_path / "tickets.csv").write_text(rows)
+    return TaskSpec.model_validate({
+        "name": "tickets", "kind": "classification", "inputs": {"text": "body"}, "target": "team",
+        "labels": ["billing", "tech"], "template": "Ticket: {text}\nTeam:",
+        "splits": {"train": {"path": str(tmp_path / "tickets.csv")}}, **extra})
+
+
+def test_user_task_from_csv(tmp_path):
+    spec = user_spec(tmp_path, 'body,team\n"My card, it was charged twice",billing\nThe app crashes,tech\n')
+    task = builtin_registry([spec]).get("tickets")
+    examples = task.read("train", tmp_path)
+    assert [e.target for e in examples] == ["billing", "tech"]
+    assert examples[0].inputs["text"] == "My card, it was charged twice"
+    assert task.target_text(examples[0]) == "billing"
+
+
+def test_label_outside_the_label_set_names_file_and_line(tmp_path):
+    spec = user_spec(tmp_path, "body,team\nhello,billing\nhi,sales\n")
+    with pytest.raises(DataError, match=r"tickets.csv:3: label 'sales'"):
+        builtin_registry([spec]).get("tickets").read("train", tmp_path)
+
+
+def test_many_malformed_rows_are_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"body": "a", "team": "tech"}) + "\n{not json\n{also not\n" * 3)
+    spec = TaskSpec.model_validate({
+        "name": "bad", "kind": "classification", "inputs": {"text": "body"}, "target": "team",
+        "labels": ["tech"], "template": "{text}", "splits": {"train": {"path": str(path)}}})
+    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid JSON"):
+        TaskRegistry([spec]).get("bad").read("train", tmp_path)
+
+
+def test_missing_file_says_which_path_and_how_to_provide_it(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"SST-2/dev.tsv.*ALTER_DATA_DIR"):
+        registry.get("sst2").read("dev", tmp_path)
+
+
+def test_mixture_rates():
+    sizes = {"a": 900, "b": 100}
+    assert mixture_rates(sizes) == pytest.approx({"a": 0.9, "b": 0.1})
+    assert mixture_rates(sizes, "uniform") == {"a": 0.5, "b": 0.5}
+    assert mixture_rates(sizes, "temperature", temperature=2.0) == pytest.approx({"a": 0.75, "b": 0.25})
+    assert mixture_rates(sizes, "manual", manual={"a": 1, "b": 3}) == {"a": 0.25, "b": 0.75}
+    with pytest.raises(ValueError, match="no rate for task"):
+        mixture_rates(sizes, "manual", manual={"a": 1})
+
+
+def test_batch_plan_is_fixed_by_the_seed_and_groups_lengths():
+    lengths = [[5, 50, 7, 48, 6, 52], [100, 3, 99]]
+    plan = batch_plan(lengths, [0.5, 0.5], num_batches=20, batch_size=3, seed=1)
+    assert plan == batch_plan(lengths, [0.5, 0.5], num_batches=20, batch_size=3, seed=1)
+    assert plan != batch_plan(lengths, [0.5, 0.5], num_batches=20, batch_size=3, seed=2)
+    assert len(plan) == 20 and all(len(batch) == 3 for batch in plan)
+    spread = sum(max(lengths[t][i] for t, i in b) - min(lengths[t][i] for t, i in b) for b in plan)
+    assert spread < 20 * 60  # sorted pools: far less spread than random batches
+    counts = {0: 0, 1: 0}
+    for batch in plan:
+        for task, _ in batch:
+            counts[task] += 1
+    assert abs(counts[0] - counts[1]) < 20

@@ -1,0 +1,135 @@
+"""MTA behaviour on tiny random Llama, T5 and BERT configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alter.config import StageConfig
+from alter.data.collate import Encoded
+from alter.model import MTAModel
+from alter.mta import RoutingError
+from alter.train.stages import prepare_stage
+from tests.conftest import model_config, randomise_experts
+
+FAMILIES = [("tiny-llama", "lm"), ("tiny-t5", "lm"), ("tiny-bert", "classifier"), ("tiny-gpt2", "lm"),
+            ("tiny-bart", "lm")]
+
+
+def tasks_for(registry, head):
+    names = ["sst2", "stsb"] if head == "classifier" else ["sst2", "stsb", "dialogsum"]
+    return [registry.get(name) for name in names]
+
+
+def examples_for(samples, head):
+    return [e for name in (["sst2", "stsb"] if head == "classifier" else ["sst2", "stsb", "dialogsum"])
+            for e in samples[name][:3]]
+
+
+@pytest.mark.parametrize("backbone,head", FAMILIES)
+@pytest.mark.parametrize("kind", ["bottleneck", "lora", "ffn_copy"])
+def test_fresh_mta_model_computes_what_the_backbone_computes(registry, samples, backbone, head, kind):
+    if kind == "ffn_copy" and backbone in ("tiny-bert", "tiny-bart"):
+        pytest.skip("BERT and BART split their FFN over two modules: no single FFN to copy")
+    tasks = tasks_for(registry, head)
+    examples = examples_for(samples, head)
+    torch.manual_seed(0)
+    plain = MTAModel(model_config(backbone, head, enabled=False), tasks).eval()
+    torch.manual_seed(0)  # same head initialisation
+    mta = MTAModel(model_config(backbone, head, kind=kind), tasks).eval()
+    assert len(mta.mta_layers) > 0
+    with torch.no_grad():
+        expected, got = plain(plain.encode(examples)), mta(mta.encode(examples))
+    if kind == "ffn_copy":  # a weighted sum of identical copies: equal up to rounding
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    else:
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("backbone,head", FAMILIES[:3])
+@pytest.mark.parametrize("gate", ["task", "task+input"])
+def test_mixed_task_batch_equals_single_task_batches(registry, samples, backbone, head, gate):
+    tasks = tasks_for(registry, head)
+    model = MTAModel(model_config(backbone, head, gate=gate), tasks).eval()
+    randomise_experts(model)
+    model.start_collaboration(0.6)
+    examples = examples_for(samples, head)
+    with torch.no_grad():
+        mixed = model(model.encode(examples))
+        single = torch.cat([model(model.encode([e for e in examples if e.task == t.name])) for t in tasks])
+    torch.testing.assert_close(mixed, single, atol=1e-5, rtol=1e-5)
+    mixed_predictions = model.predict(examples, batch_size=16, max_new_tokens=6)
+    single_predictions = [p for t in tasks for p in model.predict([e for e in examples if e.task == t.name],
+                                                                  batch_size=16, max_new_tokens=6)]
+    for (a, scores_a), (b, scores_b) in zip(mixed_predictions, single_predictions):
+        if isinstance(a, float):
+            assert a == pytest.approx(b, abs=1e-4)
+        else:
+            assert a == b
+        assert scores_a == pytest.approx(scores_b, abs=1e-4)
+
+
+def test_experts_change_outputs_per_task(registry, samples):
+    """Different tasks routed to different experts give different outputs for the same text."""
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama"), tasks).eval()
+    randomise_experts(model)
+    rows = model.encode([samples["sst2"][0]])
+    rows_other = [Encoded(1, rows[0].input_ids, rows[0].labels)]  # the same tokens, routed as stsb
+    with torch.no_grad():
+        assert not torch.equal(model(rows), model(rows_other))
+
+
+def test_stage2_trains_only_the_gates(registry, samples):
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama"), tasks)
+    randomise_experts(model)
+    experts_before = {n: p.clone() for n, p in model.param_groups()["experts"].items()}
+    trainable = prepare_stage(model, StageConfig(kind="stage2", own_expert_weight=0.8))
+    assert set(trainable) == set(model.param_groups()["gates"])
+    gates_before = {n: p.clone() for n, p in trainable.items()}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=0.1)
+    for _ in range(3):
+        model(model.encode(examples_for(samples, "lm"))).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, param in model.param_groups()["experts"].items():
+        assert torch.equal(param, experts_before[name]), name
+    assert any(not torch.equal(p, gates_before[n]) for n, p in trainable.items())
+
+
+def test_stage2_gates_start_near_the_assignment(registry):
+    model = MTAModel(model_config("tiny-llama"), tasks_for(registry, "lm"))
+    weights = model.task_gate_weights()  # (L, tasks, K)
+    assert torch.equal(weights[0], torch.eye(3))  # stage 1: one expert per task
+    model.start_collaboration(0.8)
+    weights = model.task_gate_weights()
+    torch.testing.assert_close(weights.diagonal(dim1=1, dim2=2), torch.full((2, 3), 0.8))
+
+
+def test_top_k_and_shared_expert(registry, samples):
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", num_experts=4, top_k=2, shared_expert=True), tasks)
+    model.start_collaboration(0.7)
+    weights = model.task_gate_weights()
+    assert weights.shape == (2, 3, 4)
+    assert ((weights > 0).sum(-1) == 2).all()
+    assert model.mta_layers[0].experts.down.shape[0] == 5  # four routed experts and a shared one
+    model(model.encode(examples_for(samples, "lm"))).mean().backward()
+
+
+def test_by_kind_assignment_groups_tasks(registry):
+    tasks = [registry.get(n) for n in ("sst2", "cola", "rte", "dialogsum")]
+    model = MTAModel(model_config("tiny-llama", assignment="by_kind"), tasks)
+    assert model.mta_layers[0].gate.assignment.tolist() == [0, 0, 1, 2]
+
+
+def test_too_few_experts_is_a_clear_error(registry):
+    with pytest.raises(ValueError, match="num_experts"):
+        MTAModel(model_config("tiny-llama", num_experts=2), tasks_for(registry, "lm"))
+
+
+def test_mta_layer_outside_the_model_says_how_to_route(registry):
+    model = MTAModel(model_config("tiny-llama"), tasks_for(registry, "lm"))
+    with pytest.raises(RoutingError, match="routing"):
+        model.backbone(input_ids=torch.tensor([[5, 6, 7]]))

@@ -1,0 +1,119 @@
+"""End to end on the tiny config: train, report, resume, command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from alter.cli import app
+from alter.config import load_config
+from alter.train import loop
+from alter.train.run import run_training
+
+runner = CliRunner()
+
+
+def tiny(tmp_path, name: str, *overrides: str):
+    return load_config("configs/tiny.yaml", [f"output_dir={tmp_path / name}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    config = tiny(out, "full")
+    return config, run_training(config)
+
+
+def test_tiny_run_writes_report_plots_and_model(finished):
+    config, report = finished
+    out = config.output_dir
+    assert set(report["metrics"]) == {"sst2", "dialogsum"}
+    assert set(report["metrics"]["dialogsum"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert set(report["before_training"]) == {"sst2", "dialogsum"}
+    assert report["stages"]["stage2"]["trainable_params"] < report["stages"]["stage1"]["trainable_params"]
+    for name in ("report.json", "report.md", "loss_curves.png", "gates.png", "log.jsonl", "model/alter.json"):
+        assert Path(out, name).exists(), name
+    records = [json.loads(line) for line in open(f"{out}/log.jsonl")]
+    assert {"sst2", "dialogsum"} <= set(records[0]["task_loss"])
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model" / "trained.safetensors"))
+
+
+def _interrupt_at(monkeypatch, step: int, error: type[BaseException]):
+    write = loop.JsonlLog.write
+
+    def failing(self, record):
+        write(self, record)
+        if record.get("stage") == "stage1" and record.get("step") == step:
+            raise error()
+
+    monkeypatch.setattr(loop.JsonlLog, "write", failing)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, finished, error):
+    """Ctrl-C saves at once; a crash (like a killed process) resumes from the last periodic save."""
+    config = tiny(tmp_path, "resumed")
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 6, error)
+        with pytest.raises(error):
+            run_training(config)
+    saved_step = json.loads((tmp_path / "resumed/stages/stage1/last/state.json").read_text())["step"]
+    assert saved_step == (6 if error is KeyboardInterrupt else 4)
+    run_training(config)
+    full, resumed = _weights(Path(finished[0].output_dir)), _weights(tmp_path / "resumed")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), name
+
+
+def test_cli_eval_and_predict(finished, tmp_path):
+    config, _ = finished
+    model_dir = f"{config.output_dir}/model"
+    result = runner.invoke(app, ["eval", model_dir, "--max-eval", "4", "--output", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((tmp_path / "m.json").read_text())["metrics"]) == {"sst2", "dialogsum"}
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"sentence": "a fine film"}\n{"sentence": "dull"}\n')
+    result = runner.invoke(app, ["predict", model_dir, "--task", "sst2", "--input", str(requests),
+                                 "--output", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["prediction"] in ("positive", "negative") for line in lines] == [True, True]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "nope.yaml"], "config file not found: nope.yaml"),
+    (["train", "configs/tiny.yaml", "--set", "data.tasks=[sst3]"], "unknown task 'sst3'"),
+    (["train", "configs/tiny.yaml", "--set", "model.backbone=no-such-model!"], "unknown backbone 'no-such-model!'"),
+    (["train", "configs/tiny.yaml", "--set", "model.mta.rnak=3"], "model.mta.rnak: unknown key"),
+    (["train", "configs/tiny.yaml", "--set", "stages.0.lr=fast"], "stages.0.lr"),
+    (["train", "configs/tiny.yaml", "--set", "data.root=/nonexistent"], "file not found: /nonexistent/"),
+])
+def test_bad_input_is_one_clear_line(args, message, tmp_path):
+    result = runner.invoke(app, [*args, "--set", f"output_dir={tmp_path}"] if args[1] != "nope.yaml" else args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_predict_names_the_line_of_a_bad_request(finished, tmp_path):
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"sentence": "fine"}\n{"text": "wrong field"}\n')
+    result = runner.invoke(app, ["predict", f"{finished[0].output_dir}/model", "--task", "sst2",
+                                 "--input", str(requests)])
+    assert result.exit_code == 2
+    assert "in.jsonl:2: missing field(s) sentence" in result.output
+
+
+def test_tasks_command_lists_split_sizes():
+    result = runner.invoke(app, ["tasks"])
+    assert result.exit_code == 0, result.output
+    assert "872" in result.output and "dialogsum" in result.output
