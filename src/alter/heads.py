@@ -55,7 +55,7 @@ class LMHead(nn.Module):
         if not with_target or example.target is None:
             return Encoded(task_id, prompt, truncated=truncated)
         target_ids = encode_target(tokenizer, task.target_text(example), self.config.max_target_length,
-                                   not self.seq2seq)
+                                   not self.seq2seq, end=task.kind == "generation")
         if self.seq2seq:
             return Encoded(task_id, prompt, labels=target_ids, truncated=truncated)
         return Encoded(task_id, prompt + target_ids, labels=[IGNORE] * len(prompt) + target_ids, truncated=truncated)
@@ -110,7 +110,7 @@ class LMHead(nn.Module):
 
     # --- prediction ---------------------------------------------------------------------
     def candidate_ids(self, task: Task, tokenizer) -> list[list[int]]:
-        return [encode_target(tokenizer, word, self.config.max_target_length, not self.seq2seq)[:-1]
+        return [encode_target(tokenizer, word, self.config.max_target_length, not self.seq2seq, end=False)
                 for word in task.candidates]
 
     def first_token_logprobs(self, backbone: nn.Module, batch: Batch) -> torch.Tensor:

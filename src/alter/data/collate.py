@@ -35,10 +35,15 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, task: Task, inputs: dict[s
     return ids[:max_length], True
 
 
-def encode_target(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int, leading_space: bool) -> list[int]:
-    """Target text + end of sequence; decoder-only models read it after the prompt's last word."""
+def encode_target(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int, leading_space: bool,
+                  end: bool) -> list[int]:
+    """Target tokens; decoder-only models read them after the prompt's last word.
+
+    Generated text ends with the end-of-sequence token (`end`); a label word does not need
+    it: rank classification reads only the word, and the training signal stays on the word.
+    """
     ids = tokenizer((" " if leading_space else "") + text, add_special_tokens=False)["input_ids"]
-    return ids[: max_length - 1] + [tokenizer.eos_token_id]
+    return ids[: max_length - 1] + [tokenizer.eos_token_id] if end else ids[:max_length]
 
 
 @dataclass
