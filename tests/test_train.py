@@ -117,3 +117,32 @@ def test_tasks_command_lists_split_sizes():
     result = runner.invoke(app, ["tasks"])
     assert result.exit_code == 0, result.output
     assert "872" in result.output and "dialogsum" in result.output
+
+
+def test_a_users_own_task_trains_from_yaml_alone(tmp_path):
+    rows = "body,team\n" + "".join(f"card charged twice {i},billing\napp crashes {i},tech\n" for i in range(8))
+    (tmp_path / "tickets.csv").write_text(rows)
+    config = tmp_path / "tickets.yaml"
+    config.write_text(f"""
+output_dir: {tmp_path / "run"}
+model: {{backbone: tiny-gpt2, max_source_length: 48}}
+data:
+  tasks: [tickets]
+  custom_tasks:
+    - name: tickets
+      kind: classification
+      inputs: {{text: body}}
+      target: team
+      labels: [billing, tech]
+      template: "Ticket: {{text}}\\nTeam:"
+      splits:
+        train: {{path: {tmp_path / "tickets.csv"}}}
+        dev: {{path: {tmp_path / "tickets.csv"}}}
+stages: [{{kind: stage1, steps: 3, batch_size: 4}}, {{kind: stage2, steps: 2, batch_size: 4}}]
+""")
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["metrics"]) == {"tickets"}
+    result = runner.invoke(app, ["eval", str(tmp_path / "run" / "model"), "--data-root", str(tmp_path)])
+    assert result.exit_code == 0, result.output

@@ -33,6 +33,9 @@ class TaskRef(_Strict):
     name: str
     max_train: int | None = Field(default=None, ge=1)
     max_eval: int | None = Field(default=None, ge=1)
+    # Train only on examples whose inputs hold at least this many words (e.g. SST-2's train
+    # split is mostly short phrases, its dev split whole sentences).
+    min_train_words: int | None = Field(default=None, ge=1)
 
 
 class MixtureConfig(_Strict):

@@ -1,8 +1,8 @@
 """Task-specific heads: text-to-text through the backbone's own LM head, or a small
 classifier / regressor per task on the pooled hidden state.
 
-A head turns examples into tensors, computes per-example losses and predictions; the model
-opens the routing context around every backbone call it makes.
+A head turns examples into tensors and computes per-example losses and predictions; every
+backbone call it makes runs inside a routing context that carries the rows' task ids.
 """
 
 from __future__ import annotations
@@ -56,9 +56,19 @@ class LMHead(nn.Module):
             return Encoded(task_id, prompt, truncated=truncated)
         target_ids = encode_target(tokenizer, task.target_text(example), self.config.max_target_length,
                                    not self.seq2seq, end=task.kind == "generation")
+        choices = self.first_token_choices(task, tokenizer)
+        answer = task.candidates.index(task.target_text(example)) if choices else None
         if self.seq2seq:
-            return Encoded(task_id, prompt, labels=target_ids, truncated=truncated)
-        return Encoded(task_id, prompt + target_ids, labels=[IGNORE] * len(prompt) + target_ids, truncated=truncated)
+            return Encoded(task_id, prompt, labels=target_ids, truncated=truncated, choices=choices, answer=answer)
+        return Encoded(task_id, prompt + target_ids, labels=[IGNORE] * len(prompt) + target_ids,
+                       truncated=truncated, choices=choices, answer=answer)
+
+    def first_token_choices(self, task: Task, tokenizer) -> list[int] | None:
+        """First token of each candidate word, when those are all different (else None)."""
+        if not task.candidates:
+            return None
+        firsts = [ids[0] for ids in self.candidate_ids(task, tokenizer)]
+        return firsts if len(set(firsts)) == len(firsts) else None
 
     def collate(self, rows: Sequence[Encoded], tokenizer, side: str = "right") -> Batch:
         ids = [row.input_ids for row in rows]
@@ -69,6 +79,7 @@ class LMHead(nn.Module):
         }
         if rows[0].labels is not None:
             batch["labels"] = pad([row.labels for row in rows], IGNORE, side)  # (B, T) or (B, T_target)
+            batch["choices"] = [(row.choices, row.answer) for row in rows]
         # An input router pools over the prompt: the tokens that generation sees at prefill.
         prompt = batch["attention_mask"].clone()
         if "labels" in batch and not self.seq2seq:
@@ -80,33 +91,49 @@ class LMHead(nn.Module):
         return batch
 
     # --- losses -------------------------------------------------------------------------
-    def target_logprobs(self, backbone: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of the log-likelihood of each row's target tokens, and their count; (B,), (B,)."""
+    def target_logits(self, backbone: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at every target position, (N, V); the target tokens, (N,); their rows, (N,).
+
+        Positions come row by row, left to right, so a row's first target comes first.
+        """
         labels = batch["labels"]
         if self.seq2seq:
             decoder_ids = backbone.prepare_decoder_input_ids_from_labels(labels=labels)
             logits = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               decoder_input_ids=decoder_ids).logits  # (B, T_target, V)
-            targets = labels
-        else:
-            hidden = backbone.base_model(input_ids=batch["input_ids"],
-                                         attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, d)
-            hidden, targets = hidden[:, :-1], labels[:, 1:]  # position t predicts token t + 1
-            # Only target positions go through the (large) output layer.
-            keep = targets != IGNORE  # (B, T-1)
-            logits = backbone.get_output_embeddings()(hidden[keep])  # (N, V)
-            rows = keep.nonzero()[:, 0]  # (N,)
-            token_logp = -F.cross_entropy(logits.float(), targets[keep], reduction="none")  # (N,)
-            total = torch.zeros(labels.shape[0], device=logits.device).index_add(0, rows, token_logp)
-            return total, keep.sum(1)
-        keep = targets != IGNORE  # (B, T)
-        token_logp = -F.cross_entropy(logits.float().transpose(1, 2), targets.clamp(min=0), reduction="none")
-        return (token_logp * keep).sum(1), keep.sum(1)
+            keep = labels != IGNORE  # (B, T_target)
+            return logits[keep], labels[keep], keep.nonzero()[:, 0]
+        hidden = backbone.base_model(input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, d)
+        hidden, targets = hidden[:, :-1], labels[:, 1:]  # position t predicts token t + 1
+        keep = targets != IGNORE  # (B, T-1)
+        # Only target positions go through the (large) output layer.
+        return backbone.get_output_embeddings()(hidden[keep]), targets[keep], keep.nonzero()[:, 0]
+
+    def target_logprobs(self, backbone: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of the log-likelihood of each row's target tokens, and their count; (B,), (B,)."""
+        logits, targets, rows = self.target_logits(backbone, batch)
+        token_logp = -F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+        size = batch["labels"].shape[0]
+        total = torch.zeros(size, device=logits.device).index_add(0, rows, token_logp)
+        return total, torch.bincount(rows, minlength=size)
 
     def losses(self, backbone: nn.Module, batch: Batch, tasks: Sequence[Task]) -> torch.Tensor:
+        """Mean token loss of each row; (B,). A row with label words adds the loss of rank
+        classification (cross-entropy over its candidates' first tokens), the rule that
+        predicts, so that training pushes the right word above the others, not only up."""
         with routed(batch):
-            total, count = self.target_logprobs(backbone, batch)
-        return -total / count.clamp(min=1)  # (B,) mean token loss of each example
+            logits, targets, rows = self.target_logits(backbone, batch)
+        size = batch["labels"].shape[0]
+        token_loss = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+        count = torch.bincount(rows, minlength=size)  # (B,)
+        loss = torch.zeros(size, device=logits.device).index_add(0, rows, token_loss) / count.clamp(min=1)  # (B,)
+        first = torch.cumsum(count, 0) - count  # (B,) index of each row's first target position
+        for row, (choices, answer) in enumerate(batch["choices"]):
+            if choices is not None:
+                choice_logits = logits[first[row], choices].float()  # (C,)
+                loss[row] = loss[row] + F.cross_entropy(choice_logits[None], torch.tensor([answer]))
+        return loss
 
     # --- prediction ---------------------------------------------------------------------
     def candidate_ids(self, task: Task, tokenizer) -> list[list[int]]:

@@ -53,6 +53,9 @@ class Encoded:
     labels: list[int] | None = None  # per token (text-to-text)
     target: int | float | None = None  # class index or score (classifier / regressor heads)
     truncated: bool = False
+    # Rank classification in training: first token of each candidate word, and the right one.
+    choices: list[int] | None = None
+    answer: int | None = None
 
 
 def pad(rows: Sequence[list[int]], value: int, side: str = "right") -> torch.Tensor:

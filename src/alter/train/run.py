@@ -39,11 +39,21 @@ def load_tasks(config: Config) -> list[Task]:
     return [registry.get(ref.name) for ref in config.data.refs()]
 
 
-def load_split(config: Config, tasks: Sequence[Task], split: str, cap_field: str) -> dict[str, list[Example]]:
+def words(example: Example) -> int:
+    return sum(len(text.split()) for text in example.inputs.values())
+
+
+def load_split(config: Config, tasks: Sequence[Task], split: str, training: bool) -> dict[str, list[Example]]:
     root = data_root(config.data.root)
     refs = {ref.name: ref for ref in config.data.refs()}
-    return {task.name: sample(task.read(split, root), getattr(refs[task.name], cap_field), config.data.seed, task.name)
-            for task in tasks}
+    sets = {}
+    for task in tasks:
+        ref = refs[task.name]
+        examples = task.read(split, root)
+        if training and ref.min_train_words:
+            examples = [example for example in examples if words(example) >= ref.min_train_words]
+        sets[task.name] = sample(examples, ref.max_train if training else ref.max_eval, config.data.seed, task.name)
+    return sets
 
 
 def stage_data(model: MTAModel, config: Config, train_sets: dict[str, list[Example]]) -> StageData:
@@ -64,8 +74,8 @@ def run_training(config: Config) -> dict[str, Any]:
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     torch.manual_seed(config.seed)
     tasks = load_tasks(config)
-    train_sets = load_split(config, tasks, config.data.train_split, "max_train")
-    eval_sets = load_split(config, tasks, config.data.eval_split, "max_eval")
+    train_sets = load_split(config, tasks, config.data.train_split, training=True)
+    eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
     model = MTAModel(config.model, tasks)
     journal = JsonlLog(out / "log.jsonl")
 
