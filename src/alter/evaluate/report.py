@@ -61,7 +61,7 @@ def plot_losses(log_path: Path, target: Path) -> bool:
     return True
 
 
-def plot_gates(weights, task_names: Sequence[str], target: Path) -> bool:
+def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], target: Path) -> bool:
     """weights (L, tasks, K): one small heatmap per MTA layer."""
     if weights.numel() == 0:
         return False
@@ -75,7 +75,7 @@ def plot_gates(weights, task_names: Sequence[str], target: Path) -> bool:
             axis.axis("off")
             continue
         axis.imshow(weights[index].numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        axis.set_title(f"layer {index}", fontsize=8)
+        axis.set_title(layer_names[index], fontsize=8)
         axis.set_yticks(range(len(task_names)), task_names if index % columns == 0 else [], fontsize=7)
         axis.set_xticks(range(weights.shape[2]), [str(k) for k in range(weights.shape[2])], fontsize=6)
     figure.suptitle("Gate weights: task (rows) x expert (columns)")
@@ -104,7 +104,8 @@ def write_report(out: Path, model, after: dict, before: dict | None, stages: Seq
     plots = {}
     if plot_losses(out / "log.jsonl", out / "loss_curves.png"):
         plots["loss_curves"] = "loss_curves.png"
-    if plot_gates(model.task_gate_weights(), [t.name for t in tasks], out / "gates.png"):
+    layer_names = [f"{'decoder ' if layer.stack == 'decoder' else ''}layer {layer.block}" for layer in model.mta_layers]
+    if plot_gates(model.task_gate_weights(), [t.name for t in tasks], layer_names, out / "gates.png"):
         plots["gates"] = "gates.png"
     report["plots"] = plots
     (out / "report.json").write_text(json.dumps(report, indent=2))

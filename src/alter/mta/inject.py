@@ -114,7 +114,7 @@ def inject_mta(backbone: nn.Module, config: MTAConfig, num_tasks: int, assignmen
             continue
         for block_index in _selected_layers(len(blocks), config.layers):
             block = blocks[block_index]
-            layer = MTALayer(len(layers), stack, hidden_size, num_tasks, assignment, config)
+            layer = MTALayer(len(layers), stack, block_index, hidden_size, num_tasks, assignment, config)
             block.add_module("mta", layer)
             _attach(layer, block, family, hidden_size, num_experts, config)
             layers.append(layer)

@@ -28,10 +28,11 @@ class MTALayer(nn.Module):
     weights from a shared slot, FFN copies replace the FFN.
     """
 
-    def __init__(self, index: int, stack: str, hidden_size: int, num_tasks: int,
+    def __init__(self, index: int, stack: str, block: int, hidden_size: int, num_tasks: int,
                  assignment: torch.Tensor, config: MTAConfig):
         super().__init__()
-        self.index = index
+        self.index = index  # position among the model's MTA layers
+        self.block = block  # index of the transformer block in its stack
         self.stack = stack  # "main" (decoder-only / encoder) or "decoder" (of an encoder-decoder)
         self.gate = TaskGate(num_tasks, hidden_size, assignment, config)
         self.shared_expert = config.shared_expert
