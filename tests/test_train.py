@@ -146,3 +146,30 @@ stages: [{{kind: stage1, steps: 3, batch_size: 4}}, {{kind: stage2, steps: 2, ba
     assert set(report["metrics"]) == {"tickets"}
     result = runner.invoke(app, ["eval", str(tmp_path / "run" / "model"), "--data-root", str(tmp_path)])
     assert result.exit_code == 0, result.output
+
+
+def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL leaves no chance to save: the run resumes from its last periodic checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = ["stages.0.steps=48", "stages.0.save_every=4", "eval.before_training=false"]
+    command = [sys.executable, "-m", "alter.cli", "train", "configs/tiny.yaml", "--set",
+               f"output_dir={tmp_path / 'killed'}", *[arg for o in overrides for arg in ("--set", o)]]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "stages" / "stage1" / "last" / "state.json"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "report.json").exists(), "the run finished before it could be killed"
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    reference = run_training(tiny(tmp_path, "whole", *overrides))
+    assert reference["stages"]["stage1"]["steps"] == 48
+    full, resumed = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), name

@@ -161,5 +161,5 @@ def tasks(data_root: Annotated[Optional[str], typer.Option(help="data folder")] 
     console.print(table)
 
 
-def main() -> None:  # pragma: no cover
+if __name__ == "__main__":  # python -m alter.cli
     app()
