@@ -44,6 +44,7 @@ class LMHead(nn.Module):
                             "encoder: use model.head=classifier")
         self.seq2seq = bool(backbone_config.is_encoder_decoder)
         self.config = config
+        self._choices: dict[str, list[int] | None] = {}  # per task, tokenized once
 
     @staticmethod
     def auto_class(backbone_config: PretrainedConfig) -> type:
@@ -65,10 +66,10 @@ class LMHead(nn.Module):
 
     def first_token_choices(self, task: Task, tokenizer) -> list[int] | None:
         """First token of each candidate word, when those are all different (else None)."""
-        if not task.candidates:
-            return None
-        firsts = [ids[0] for ids in self.candidate_ids(task, tokenizer)]
-        return firsts if len(set(firsts)) == len(firsts) else None
+        if task.name not in self._choices:
+            firsts = [ids[0] for ids in self.candidate_ids(task, tokenizer)] if task.candidates else []
+            self._choices[task.name] = firsts if firsts and len(set(firsts)) == len(firsts) else None
+        return self._choices[task.name]
 
     def collate(self, rows: Sequence[Encoded], tokenizer, side: str = "right") -> Batch:
         ids = [row.input_ids for row in rows]
