@@ -5,6 +5,13 @@ from __future__ import annotations
 from alter.data.task import HubSource, SplitSource, TaskSpec
 
 _BINARY = {"0": "negative", "1": "positive"}
+# RTE and WNLI: the same entailment question, answered yes / no.
+_ENTAILMENT = dict(
+    inputs={"premise": "premise", "hypothesis": "hypothesis"},
+    template="Premise: {premise}\nHypothesis: {hypothesis}\n"
+             "Does the premise entail the hypothesis, yes or no?\nAnswer:",
+    labels=["entailment", "not_entailment"], verbalizer={"entailment": "yes", "not_entailment": "no"},
+)
 
 
 def _glue(name: str, split: str, **columns: str) -> HubSource:
@@ -62,11 +69,8 @@ BUILTIN_TASKS: list[TaskSpec] = [
         },
     ),
     TaskSpec(
-        name="rte", kind="classification",
-        inputs={"premise": "sentence_1", "hypothesis": "sentence_2"}, target="label",
-        template="Premise: {premise}\nHypothesis: {hypothesis}\n"
-                 "Does the premise entail the hypothesis, yes or no?\nAnswer:",
-        labels=["entailment", "not_entailment"], verbalizer={"entailment": "yes", "not_entailment": "no"},
+        name="rte", kind="classification", target="label",
+        **{**_ENTAILMENT, "inputs": {"premise": "sentence_1", "hypothesis": "sentence_2"}},
         splits={
             split: SplitSource(path=f"glue/RTE/{split}.jsonl", hub=HubSource(
                 path="nyu-mll/glue", name="rte", split=hub_split,
@@ -76,11 +80,7 @@ BUILTIN_TASKS: list[TaskSpec] = [
         },
     ),
     TaskSpec(
-        name="wnli", kind="classification",
-        inputs={"premise": "premise", "hypothesis": "hypothesis"}, target="label",
-        template="Premise: {premise}\nHypothesis: {hypothesis}\n"
-                 "Does the premise entail the hypothesis, yes or no?\nAnswer:",
-        labels=["entailment", "not_entailment"], verbalizer={"entailment": "yes", "not_entailment": "no"},
+        name="wnli", kind="classification", target="label", **_ENTAILMENT,
         label_map={"1": "entailment", "0": "not_entailment"},
         splits={
             split: SplitSource(path=f"glue/WNLI/{split}.jsonl", hub=HubSource(
