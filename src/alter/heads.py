@@ -163,7 +163,7 @@ class LMHead(nn.Module):
         """
         candidates = {task_id: self.candidate_ids(tasks[task_id], tokenizer) for task_id in {r.task_id for r in rows}}
         single = all(len(ids) == 1 for ids_list in candidates.values() for ids in ids_list) and all(
-            len({ids[0] for ids in ids_list}) == len(ids_list) for ids_list in candidates.values())
+            self.first_token_choices(tasks[task_id], tokenizer) is not None for task_id in candidates)
         if single:
             batch = self.collate(rows, tokenizer)
             with routed(batch):

@@ -89,8 +89,9 @@ class MTAModel(nn.Module):
 
     # --- data -> tensors ----------------------------------------------------------------
     def encode(self, examples: Sequence[Example], with_target: bool = True) -> list[Encoded]:
-        return [self.head.encode(self.task_id(example.task), self.tasks[self.task_id(example.task)],
-                                 example, self.tokenizer, with_target) for example in examples]
+        ids = [self.task_id(example.task) for example in examples]
+        return [self.head.encode(task_id, self.tasks[task_id], example, self.tokenizer, with_target)
+                for task_id, example in zip(ids, examples)]
 
     def task_id(self, name: str) -> int:
         if name not in self.task_index:

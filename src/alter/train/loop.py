@@ -76,12 +76,11 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
                       stage.steps * stage.grad_accum, stage.batch_size, seed)
     last = stage_dir / "last"
     step, spent, tokens, best = 0, 0.0, 0, float("-inf")
-    if not last.exists() and last.with_name("last.old").exists():  # killed while replacing
-        last = last.with_name("last.old")
-    if last.exists():
-        meta = load_training_state(last, model, optimizer)
+    # `last.old` exists alone only when a run was killed while replacing `last`.
+    resume_from = next((path for path in (last, last.with_name("last.old")) if path.exists()), None)
+    if resume_from is not None:
+        meta = load_training_state(resume_from, model, optimizer)
         step, spent, tokens, best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
-        last = stage_dir / "last"
 
     def save(at_step: int) -> None:
         save_training_state(last, model, optimizer, at_step,
