@@ -150,14 +150,22 @@ def load_config(name: str):
         raise BackboneError(f"{_unknown(name)} ({error.__class__.__name__}: {str(error).splitlines()[0]})") from None
 
 
-def load_backbone(name: str, auto_class: type) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load weights (float32) and tokenizer; the tokenizer always has a pad token."""
-    location = resolve_backbone(name)
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The backbone's tokenizer, always with a pad token."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = auto_class.from_pretrained(location, dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(name))
     except OSError as error:
         raise BackboneError(f"{_unknown(name)} ({error.__class__.__name__}: {str(error).splitlines()[0]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_backbone(name: str, auto_class: type) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load weights (float32) and tokenizer."""
+    tokenizer = load_tokenizer(name)
+    try:
+        model = auto_class.from_pretrained(resolve_backbone(name), dtype="float32")
+    except OSError as error:
+        raise BackboneError(f"{_unknown(name)} ({error.__class__.__name__}: {str(error).splitlines()[0]})") from None
     return model, tokenizer

@@ -25,7 +25,7 @@ def friendly_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-        for noisy in ("httpx", "urllib3", "transformers", "huggingface_hub"):
+        for noisy in ("httpx", "urllib3", "transformers", "huggingface_hub", "absl"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         try:
             return command(*args, **kwargs)
@@ -78,6 +78,30 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
         console.print(f"{label}: {stage['trainable_params']:,} trainable parameters, "
                       f"{stage['wall_seconds']:.1f} s, {stage['tokens_per_s']:.0f} tokens/s")
     console.print(f"report: {cfg.output_dir}/report.md, model: {cfg.output_dir}/model")
+
+
+@app.command()
+@friendly_errors
+def experiment(config: Annotated[Path, typer.Argument(help="experiment YAML file")],
+               set_: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value")] = None,
+               only: Annotated[Optional[str], typer.Option(help="comma-separated systems to run")] = None) -> None:
+    """Train and score every system of an experiment over its seeds; resumable, so run it
+    again to finish an interrupted one (finished systems are not run again)."""
+    from alter.experiment.config import load_experiment
+    from alter.experiment.runner import run_experiment
+
+    cfg = load_experiment(config, set_ or [])
+    results = run_experiment(cfg, only.split(",") if only else None)
+    table = Table(title=f"{cfg.output_dir} (0-100, mean over seeds {cfg.seeds})")
+    tasks = list(dict.fromkeys(task for result in results["systems"].values() for task in result["tasks"]))
+    for column in ("system", *tasks, "macro", "params", "train s"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for name, result in results["systems"].items():
+        cells = [f"{result['tasks'][t][result['main_metrics'][t]]:.1f}" if t in result["tasks"] else "–" for t in tasks]
+        table.add_row(name, *cells, f"{result['macro']:.1f}", f"{result['trainable_params']:,}",
+                      f"{result['train_seconds']:.0f}")
+    console.print(table)
+    console.print(f"results: {cfg.output_dir}/results.md, {cfg.output_dir}/results.json")
 
 
 @app.command("eval")

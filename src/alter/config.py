@@ -20,6 +20,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SharedLoraConfig(_Strict):
+    """One PEFT LoRA adapter shared by every task: the multi-task (and, on one task, the
+    single-task) baseline without task modules."""
+
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    targets: list[str] = ["q_proj", "v_proj"]
+
+
 class ModelConfig(_Strict):
     backbone: str = "smollm2-135m"
     head: Literal["lm", "classifier"] = "lm"
@@ -27,6 +37,7 @@ class ModelConfig(_Strict):
     max_source_length: int = Field(default=256, ge=8)
     max_target_length: int = Field(default=64, ge=1)
     mta: MTAConfig = MTAConfig()
+    lora: SharedLoraConfig | None = None  # a PEFT LoRA adapter in the backbone (baselines)
 
 
 class TaskRef(_Strict):
@@ -95,6 +106,7 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(default=48, ge=1)
     num_beams: int = Field(default=1, ge=1)
     before_training: bool = True  # score the untrained model on the same examples
+    after_each_stage: bool = False  # also score the model after every stage but the last
 
 
 class Config(_Strict):
@@ -145,7 +157,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def describe_errors(error: ValidationError, source: str) -> str:
     lines = []
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
@@ -158,17 +170,22 @@ def parse_config(tree: dict, source: str = "config") -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
+        raise ConfigError(describe_errors(error, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = "config") -> dict:
+    """A YAML file's top-level mapping with `key=value` overrides applied."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    return parse_config(apply_overrides(tree, overrides or []), str(path))
+    return apply_overrides(tree, overrides or [])
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    return parse_config(read_yaml(path, overrides), str(path))

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alter.backbones import load_backbone, load_config
+from alter.baselines.shared_lora import add_shared_lora, shared_lora_parameters
 from alter.config import ModelConfig
 from alter.data.collate import Encoded
 from alter.data.task import Example, Task, TaskSpec
@@ -70,13 +71,17 @@ class MTAModel(nn.Module):
             assignment, num_experts = stage1_assignment(self.tasks, config)
             mta = config.mta.model_copy(update={"num_experts": num_experts})
             self.mta_layers = inject_mta(self.backbone, mta, len(self.tasks), assignment)
+        if config.lora is not None:
+            add_shared_lora(self.backbone, config.lora)
         self.backbone_trained = False
 
     # --- parameters as data -------------------------------------------------------------
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
-        """Every parameter in exactly one group: experts, gates, heads or backbone."""
-        groups: dict[str, dict[str, nn.Parameter]] = {"experts": {}, "gates": {}, "heads": {}, "backbone": {}}
-        owner: dict[int, str] = {}
+        """Every parameter in exactly one group: experts, gates, adapters (a shared PEFT LoRA),
+        heads or backbone."""
+        groups: dict[str, dict[str, nn.Parameter]] = {
+            "experts": {}, "gates": {}, "adapters": {}, "heads": {}, "backbone": {}}
+        owner: dict[int, str] = {id(param): "adapters" for param in shared_lora_parameters(self.backbone)}
         for module in self.modules():
             if isinstance(module, ExpertModule):
                 owner.update({id(param): "experts" for param in module.expert_parameters()})
@@ -146,9 +151,10 @@ class MTAModel(nn.Module):
 
     # --- checkpoints --------------------------------------------------------------------
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """What training can change: MTA layers and heads (and the backbone if it was trained)."""
+        """What training can change: MTA layers, adapters and heads (and the backbone if it was
+        trained)."""
         groups = self.param_groups()
-        names = [*groups["experts"], *groups["gates"], *groups["heads"]]
+        names = [*groups["experts"], *groups["gates"], *groups["adapters"], *groups["heads"]]
         if self.backbone_trained:
             names += list(groups["backbone"])
         state = self.state_dict()

@@ -5,12 +5,14 @@ from __future__ import annotations
 from alter.data.task import HubSource, SplitSource, TaskSpec
 
 _BINARY = {"0": "negative", "1": "positive"}
-# RTE and WNLI: the same entailment question, answered yes / no.
+# RTE and WNLI: the same entailment question, answered True / False. SmolLM2-135M-Instruct
+# zero-shot on the 277 RTE dev pairs: 56.0% with this prompt (GPT-3's); 47.3% with "Premise:
+# .. Hypothesis: .. Does the premise entail the hypothesis, yes or no?", which it always
+# answers "no".
 _ENTAILMENT = dict(
     inputs={"premise": "premise", "hypothesis": "hypothesis"},
-    template="Premise: {premise}\nHypothesis: {hypothesis}\n"
-             "Does the premise entail the hypothesis, yes or no?\nAnswer:",
-    labels=["entailment", "not_entailment"], verbalizer={"entailment": "yes", "not_entailment": "no"},
+    template="{premise}\nQuestion: {hypothesis} True or False?\nAnswer:",
+    labels=["entailment", "not_entailment"], verbalizer={"entailment": "True", "not_entailment": "False"},
 )
 
 

@@ -86,7 +86,7 @@ def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], t
 
 
 def write_report(out: Path, model, after: dict, before: dict | None, stages: Sequence,
-                 eval_counts: dict[str, int]) -> dict[str, Any]:
+                 eval_counts: dict[str, int], after_stage: dict[str, dict] | None = None) -> dict[str, Any]:
     tasks = model.tasks
     report: dict[str, Any] = {
         "backbone": model.config.backbone,
@@ -101,6 +101,9 @@ def write_report(out: Path, model, after: dict, before: dict | None, stages: Seq
     if before is not None:
         report["before_training"] = before
         report["macro_before_training"] = macro_average(tasks, before)
+    if after_stage:  # scores of the model as it was after an earlier stage
+        report["after_stage"] = {label: {"metrics": metrics, "macro": macro_average(tasks, metrics)}
+                                 for label, metrics in after_stage.items()}
     plots = {}
     if plot_losses(out / "log.jsonl", out / "loss_curves.png"):
         plots["loss_curves"] = "loss_curves.png"

@@ -6,14 +6,14 @@ import json
 import logging
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from alter.config import Config
+from alter.config import Config, ModelConfig
 from alter.data.collate import Encoded
 from alter.data.mixture import mixture_rates
 from alter.data.registry import builtin_registry
@@ -67,8 +67,10 @@ def stage_data(model: MTAModel, config: Config, train_sets: dict[str, list[Examp
     return StageData(rows, [rates[name] for name in sizes], list(sizes))
 
 
-def run_training(config: Config) -> dict[str, Any]:
-    """Train every configured stage (resuming where a previous run stopped) and report."""
+def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any] = MTAModel) -> dict[str, Any]:
+    """Train every configured stage (resuming where a previous run stopped) and report.
+
+    `build` makes the model from the model config and tasks (a baseline passes its own)."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -76,28 +78,33 @@ def run_training(config: Config) -> dict[str, Any]:
     tasks = load_tasks(config)
     train_sets = load_split(config, tasks, config.data.train_split, training=True)
     eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
-    model = MTAModel(config.model, tasks)
+    model = build(config.model, tasks)
     journal = JsonlLog(out / "log.jsonl")
 
-    before_path = out / "eval_before.json"
-    before = None
-    if config.eval.before_training:
-        if before_path.exists():
-            before = json.loads(before_path.read_text())
-        else:
-            log.info("evaluating the untrained model on %s", {k: len(v) for k, v in eval_sets.items()})
-            before = evaluate(model, eval_sets, config.eval)
-            before_path.write_text(json.dumps(before, indent=2))
+    def evaluate_once(path: Path, what: str) -> dict[str, dict[str, float]]:
+        """Scores kept in `path`, so that a resumed run does not evaluate again."""
+        if path.exists():
+            return json.loads(path.read_text())
+        log.info("evaluating %s on %s", what, {k: len(v) for k, v in eval_sets.items()})
+        scores = evaluate(model, eval_sets, config.eval)
+        path.write_text(json.dumps(scores, indent=2))
+        return scores
+
+    before = evaluate_once(out / "eval_before.json", "the untrained model") if config.eval.before_training else None
 
     def eval_macro() -> float:
         return macro_average(tasks, evaluate(model, eval_sets, config.eval))
 
     data = stage_data(model, config, train_sets)
-    stages = []
+    stages, after_stage = [], {}
     for index, stage in enumerate(config.stages):
         result = train_stage(model, stage, data, out / "stages" / stage.label, journal,
                              seed=config.seed + index, evaluate=eval_macro)
         stages.append(result)
+        if config.eval.after_each_stage and index < len(config.stages) - 1:
+            after_stage[stage.label] = evaluate_once(out / f"eval_after_{stage.label}.json",
+                                                     f"the model after {stage.label}")
     model.save(out / "model", {"stages": [vars(result) for result in stages]})
     after = evaluate(model, eval_sets, config.eval)
-    return write_report(out, model, after, before, stages, {name: len(v) for name, v in eval_sets.items()})
+    return write_report(out, model, after, before, stages, {name: len(v) for name, v in eval_sets.items()},
+                        after_stage)

@@ -8,9 +8,9 @@ from alter.config import StageConfig
 from alter.model import MTAModel
 
 STAGE_GROUPS: dict[str, set[str]] = {
-    "stage1": {"experts", "heads"},  # specialise: each task trains its own expert
+    "stage1": {"experts", "adapters", "heads"},  # specialise: each task trains its own expert
     "stage2": {"gates"},  # collaborate: only how tasks draw on each other's experts
-    "joint": {"experts", "gates", "heads"},  # one stage, everything at once (ablation)
+    "joint": {"experts", "gates", "adapters", "heads"},  # one stage, everything at once
 }
 
 

@@ -1,0 +1,144 @@
+"""`alter experiment`: every system of the config, over every seed, each written once.
+
+A system's scores land in `<output_dir>/seed<S>/<system>/result.json`; a system that has
+one is not run again, and an interrupted one resumes from its last checkpoint (its training
+runs resume by themselves), so a long experiment can run in pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from alter.baselines.bilstm import BiLSTMModel
+from alter.baselines.lead import lead
+from alter.config import Config
+from alter.data.mixture import mixture_rates
+from alter.evaluate.evaluator import compute_task_metrics, macro_average
+from alter.experiment.config import ExperimentConfig, SystemConfig
+from alter.experiment.results import write_results
+from alter.model import MTAModel
+from alter.train.run import load_split, load_tasks, run_training
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "result.json"
+
+
+def run_experiment(config: ExperimentConfig, only: list[str] | None = None) -> dict[str, Any]:
+    out = Path(config.output_dir)
+    unknown = [name for name in only or [] if name not in config.systems]
+    if unknown:
+        raise ValueError(f"--only: no system {', '.join(unknown)} in this experiment "
+                         f"(its systems: {', '.join(config.systems)})")
+    # A system read from another one's run comes after it.
+    order = sorted(config.systems, key=lambda name: config.systems[name].kind == "after_stage")
+    for seed in config.seeds:
+        for name in order:
+            if only and name not in only:
+                continue
+            target = out / f"seed{seed}" / name / RESULT_FILE
+            if target.exists():
+                log.info("seed %d, %s: done before, kept", seed, name)
+                continue
+            log.info("seed %d, %s: running", seed, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            result = run_system(config, name, seed, target.parent)
+            target.write_text(json.dumps(result, indent=2))
+    return write_results(config, out)
+
+
+def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dict[str, Any]:
+    """{"tasks": {task: {metric: 0-1}}, "macro", "train_seconds", "trainable_params", ...}."""
+    system = config.systems[name]
+    if system.kind == "lead":
+        return _run_lead(config.train_config(name, seed, out), system)
+    if system.kind == "after_stage":
+        return _after_stage(out.parent / system.of, system)
+    build = partial(BiLSTMModel, lstm=system.bilstm) if system.architecture == "bilstm" else MTAModel
+    if not system.per_task:
+        return _summary(run_training(config.train_config(name, seed, out), build))
+    base = config.train_config(name, seed, out)
+    names = [ref.name for ref in base.data.refs()]
+    rates = _mixture_rates(base)
+    reports = {}
+    for task in names:
+        task_config = config.train_config(name, seed, out / task, tasks=[task])
+        if system.per_task_steps == "share":
+            stages = [stage.model_copy(update={"steps": max(1, round(stage.steps * rates[task]))})
+                      for stage in task_config.stages]
+            task_config = task_config.model_copy(update={"stages": stages})
+        reports[task] = run_training(task_config, build)
+    return _combine(reports)
+
+
+def _mixture_rates(config: Config) -> dict[str, float]:
+    """The share of each task in the multi-task mixture of this config."""
+    tasks = load_tasks(config)
+    sizes = {name: len(examples) for name, examples in load_split(config, tasks, config.data.train_split, True).items()}
+    mix = config.data.mixture
+    return mixture_rates(sizes, mix.sampling, mix.temperature, mix.rates)
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    stages = report["stages"].values()
+    return {
+        "tasks": report["metrics"],
+        "macro": report["macro"],
+        "train_seconds": round(sum(stage["wall_seconds"] for stage in stages), 2),
+        "trainable_params": sum(stage["trainable_params"] for stage in stages),
+        "stages": report["stages"],
+        "eval_examples": report["eval_examples"],
+        "log": "log.jsonl",
+        **({"gates": "gates.png"} if "gates" in report.get("plots", {}) else {}),
+    }
+
+
+def _combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One model per task: their scores side by side, their costs added up."""
+    parts = {task: _summary(report) for task, report in reports.items()}
+    tasks = {task: part["tasks"][task] for task, part in parts.items()}
+    main = {task: reports[task]["main_metrics"][task] for task in reports}
+    return {
+        "tasks": tasks,
+        "macro": 100.0 * sum(tasks[t][main[t]] for t in tasks) / len(tasks),
+        "train_seconds": round(sum(part["train_seconds"] for part in parts.values()), 2),
+        "trainable_params": sum(part["trainable_params"] for part in parts.values()),
+        "per_task": {task: {k: part[k] for k in ("train_seconds", "trainable_params", "stages")}
+                     for task, part in parts.items()},
+        "eval_examples": {task: reports[task]["eval_examples"][task] for task in reports},
+        "log": {task: f"{task}/log.jsonl" for task in reports},
+    }
+
+
+def _after_stage(run_dir: Path, system: SystemConfig) -> dict[str, Any]:
+    report_path = run_dir / "report.json"
+    if not report_path.exists():
+        raise FileNotFoundError(f"{report_path}: system '{system.of}' has not finished; run it first")
+    report = json.loads(report_path.read_text())
+    scores = report.get("after_stage", {}).get(system.stage)
+    if scores is None:
+        raise ValueError(f"{report_path} holds no scores after stage '{system.stage}' "
+                         f"(stages with scores: {', '.join(report.get('after_stage', {})) or 'none'})")
+    stage = report["stages"][system.stage]
+    return {"tasks": scores["metrics"], "macro": scores["macro"], "train_seconds": stage["wall_seconds"],
+            "trainable_params": stage["trainable_params"], "stages": {system.stage: stage},
+            "eval_examples": report["eval_examples"], "log": f"../{system.of}/log.jsonl",
+            "from": f"{system.of} after {system.stage}"}
+
+
+def _run_lead(config: Config, system: SystemConfig) -> dict[str, Any]:
+    tasks = [task for task in load_tasks(config) if task.kind == "generation"]
+    if not tasks:
+        raise ValueError("the lead system needs a generation task among the base tasks")
+    eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
+    scores = {}
+    for task in tasks:
+        examples = eval_sets[task.name]
+        field = next(iter(task.spec.inputs))  # the source text
+        summaries = [lead(example.inputs[field], system.sentences) for example in examples]
+        scores[task.name] = compute_task_metrics(task, summaries, examples)
+    return {"tasks": scores, "macro": macro_average(tasks, scores), "train_seconds": 0.0, "trainable_params": 0,
+            "eval_examples": {name: len(examples) for name, examples in eval_sets.items()}}
