@@ -81,3 +81,15 @@ def test_the_command_line_names_a_bad_key_and_an_unknown_system(tmp_path):
     result = runner.invoke(app, ["experiment", str(TINY), "--set", f"output_dir={tmp_path}", "--only", "mtaa"])
     assert result.exit_code == 2
     assert "--only: no system mtaa" in result.output
+
+
+def test_a_single_task_system_keeps_the_tasks_it_finished(finished, monkeypatch):
+    """Interrupted between two of its tasks, a per-task system trains only what is left."""
+    config, results, out = finished
+    (out / "seed0" / "single_lora" / "result.json").unlink()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished task was trained again")
+
+    monkeypatch.setattr("alter.experiment.runner.run_training", must_not_train)
+    assert run_experiment(config)["systems"]["single_lora"] == results["systems"]["single_lora"]

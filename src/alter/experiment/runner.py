@@ -65,6 +65,10 @@ def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dic
     rates = _mixture_rates(base)
     reports = {}
     for task in names:
+        finished = out / task / "report.json"
+        if finished.exists():  # this task's model was trained and scored by an earlier piece of the run
+            reports[task] = json.loads(finished.read_text())
+            continue
         task_config = config.train_config(name, seed, out / task, tasks=[task])
         if system.per_task_steps == "share":
             stages = [stage.model_copy(update={"steps": max(1, round(stage.steps * rates[task]))})
