@@ -87,6 +87,14 @@ def test_cli_eval_and_predict(finished, tmp_path):
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [line["prediction"] in ("positive", "negative") for line in lines] == [True, True]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"task": "dialogsum", "inputs": {"dialogue": "#Person1#: Hi.\\n#Person2#: Hello."}}\n'
+                     '{"task": "sst2", "inputs": {"sentence": "a fine film"}}\n')
+    result = runner.invoke(app, ["predict", model_dir, "--input", str(mixed), "--output", str(tmp_path / "m.jsonl")])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [line["task"] for line in lines] == ["dialogsum", "sst2"]
+    assert isinstance(lines[0]["prediction"], str) and lines[1]["prediction"] in ("positive", "negative")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -110,7 +118,7 @@ def test_predict_names_the_line_of_a_bad_request(finished, tmp_path):
     result = runner.invoke(app, ["predict", f"{finished[0].output_dir}/model", "--task", "sst2",
                                  "--input", str(requests)])
     assert result.exit_code == 2
-    assert "in.jsonl:2: missing field(s) sentence" in result.output
+    assert "in.jsonl:2: task sst2 needs input field(s) sentence" in result.output
 
 
 def test_tasks_command_lists_split_sizes():

@@ -132,35 +132,64 @@ def eval_(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
 @app.command()
 @friendly_errors
 def predict(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder")],
-            task: Annotated[str, typer.Option(help="task name")],
-            input: Annotated[Path, typer.Option(help="JSONL file: one object of input fields per line")],
+            input: Annotated[Path, typer.Option(help="JSONL: one request per line, "
+                                                     '{"task": NAME, "inputs": {FIELD: TEXT}} (mixed tasks)')],
+            task: Annotated[Optional[str], typer.Option(help="every line is this task's input fields")] = None,
             output: Annotated[Optional[Path], typer.Option(help="JSONL results (default: stdout)")] = None,
             batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48) -> None:
-    """Predict one task for every line of a JSONL file."""
-    from alter.data.readers import DataError, read_rows
-    from alter.data.task import Example
-    from alter.model import MTAModel
+    """Predict every request of a JSONL file (any mix of tasks, batched together)."""
+    from tqdm.auto import tqdm
 
-    model = MTAModel.load(checkpoint)
-    spec = model.tasks[model.task_id(task)].spec
+    from alter.data.readers import DataError, read_rows
+    from alter.serve.predictor import Predictor, RequestError
+
     if not input.exists():
         raise FileNotFoundError(f"input file not found: {input}")
-    examples = []
+    predictor = Predictor.load(checkpoint, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    requests, lines = [], []
     for line, row in read_rows(input, "jsonl"):
         if "__malformed__" in row:
             raise DataError(f"{input}:{line}: {row['__malformed__']}")
-        missing = [field for field in spec.inputs if field not in row]
-        if missing:
-            raise DataError(f"{input}:{line}: missing field(s) {', '.join(missing)} of task {task}")
-        examples.append(Example(task, {field: str(row[field]) for field in spec.inputs}, None))
-    results = model.predict(examples, batch_size, max_new_tokens, num_beams)
-    lines = [json.dumps({"task": task, "prediction": value, "scores": scores}) for value, scores in results]
-    text = "\n".join(lines) + ("\n" if lines else "")
+        requests.append({"task": task, "inputs": row} if task else row)
+        lines.append(line)
+    results = []
+    with tqdm(total=len(requests), desc="predict", unit="request", disable=None) as progress:
+        for start in range(0, len(requests), 256):
+            try:
+                results += predictor.predict(requests[start: start + 256])
+            except RequestError as error:  # "request i: ..." -> the file and line
+                index, _, problem = str(error).partition(": ")
+                raise DataError(f"{input}:{lines[start + int(index.split()[-1])]}: {problem}") from None
+            progress.update(min(256, len(requests) - start))
+    text = "".join(json.dumps(result) + "\n" for result in results)
     if output:
         output.write_text(text)
-        console.print(f"{len(lines)} predictions written to {output}")
+        console.print(f"{len(results)} predictions written to {output}")
     else:
         sys.stdout.write(text)
+
+
+@app.command()
+@friendly_errors
+def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder")],
+          host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+          port: int = 8000,
+          batching: Annotated[bool, typer.Option(help="predict items of concurrent requests together")] = True,
+          max_batch_size: int = 16, max_wait_ms: float = 10.0, max_items: int = 64,
+          num_beams: int = 1, max_new_tokens: int = 48) -> None:
+    """Serve a model over HTTP: POST /v1/predict, GET /v1/tasks, GET /health, docs at /docs.
+    Set ALTER_API_KEY to require 'Authorization: Bearer <key>'."""
+    import uvicorn
+
+    from alter.serve.predictor import Predictor
+    from alter.serve.server import ServeConfig, create_app
+
+    config = ServeConfig(batching=batching, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                         max_items=max_items)
+    predictor = Predictor.load(checkpoint, batch_size=max_batch_size, max_new_tokens=max_new_tokens,
+                               num_beams=num_beams)
+    # On Ctrl-C / SIGTERM uvicorn stops accepting and lets in-flight requests finish.
+    uvicorn.run(create_app(predictor, config), host=host, port=port, timeout_graceful_shutdown=30)
 
 
 @app.command()

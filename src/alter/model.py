@@ -12,12 +12,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alter.backbones import load_backbone, load_config
-from alter.baselines.shared_lora import add_shared_lora, shared_lora_parameters
 from alter.config import ModelConfig
 from alter.data.collate import Encoded
 from alter.data.task import Example, Task, TaskSpec
 from alter.heads import ClassifierHead, LMHead, Prediction
 from alter.mta import ExpertModule, MTALayer, TaskGate, inject_mta
+from alter.shared_lora import add_shared_lora, shared_lora_parameters
 
 HEADS = {"lm": LMHead, "classifier": ClassifierHead}
 WEIGHTS_FILE = "trained.safetensors"
@@ -111,9 +111,14 @@ class MTAModel(nn.Module):
     def predict(self, examples: Sequence[Example], batch_size: int = 16, max_new_tokens: int = 48,
                 num_beams: int = 1) -> list[Prediction]:
         """Predictions in input order: (label, scores) / (score, {}) / (text, {})."""
+        return self.predict_encoded(self.encode(examples, with_target=False), batch_size, max_new_tokens, num_beams)
+
+    @torch.no_grad()
+    def predict_encoded(self, rows: Sequence[Encoded], batch_size: int = 16, max_new_tokens: int = 48,
+                        num_beams: int = 1) -> list[Prediction]:
+        """`predict` on examples already encoded (without targets), any mix of tasks."""
         was_training = self.training
         self.eval()
-        rows = self.encode(examples, with_target=False)
         results: list[Prediction | None] = [None] * len(rows)
         generating = [i for i, row in enumerate(rows) if self.tasks[row.task_id].kind == "generation"]
         scoring = [i for i, row in enumerate(rows) if self.tasks[row.task_id].kind != "generation"]

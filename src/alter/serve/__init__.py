@@ -1,0 +1,1 @@
+"""Serving: mixed-task batched prediction (`Predictor`) and, over it, the HTTP server."""

@@ -1,0 +1,175 @@
+"""`alter serve`: the Predictor over HTTP (FastAPI + uvicorn).
+
+Requests that arrive together are answered together: each HTTP request's items go into one
+queue, and a single worker takes up to `max_batch_size` items (waiting at most `max_wait_ms`
+for more) and predicts them as one mixed-task call. Items are validated before they are
+queued, so one client's bad input never fails another client's batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from alter.serve.predictor import Predictor, RequestError
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batching: bool = True  # items of concurrent requests predicted together
+    max_batch_size: int = Field(default=16, ge=1)  # items predicted together
+    max_wait_ms: float = Field(default=10.0, ge=0)  # how long a batch waits to fill up (0: no batching)
+    max_items: int = Field(default=64, ge=1)  # items per HTTP request
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_input_chars: int = Field(default=20_000, ge=1)  # per input field
+    api_key_env: str = "ALTER_API_KEY"  # when this variable is set, requests need its bearer token
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    inputs: dict[str, str]
+
+
+class PredictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[Item] = Field(min_length=1)
+
+
+@dataclass
+class _Pending:
+    item: dict[str, Any]
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Batcher:
+    """One queue and one worker: items from concurrent requests share predictions."""
+
+    def __init__(self, predictor: Predictor, config: ServeConfig):
+        self.predictor, self.config = predictor, config
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.worker: asyncio.Task | None = None
+        self.lock = asyncio.Lock()  # one prediction at a time when not batching
+
+    def start(self) -> None:
+        self.worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        await self.queue.join()
+        if self.worker:
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
+
+    async def submit(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not self.config.batching:  # this request's items together, never with another's
+            async with self.lock:
+                return await asyncio.to_thread(self.predictor.predict, items)
+        pending = [_Pending(item) for item in items]
+        for entry in pending:
+            self.queue.put_nowait(entry)
+        return list(await asyncio.gather(*(entry.done for entry in pending)))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.config.max_wait_ms / 1000
+            while self.config.batching and len(batch) < self.config.max_batch_size:
+                remaining = deadline - loop.time()
+                try:  # wait for more until the deadline; after it, take only what is queued
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining) if remaining > 0
+                                 else self.queue.get_nowait())
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+            try:
+                results = await asyncio.to_thread(self.predictor.predict, [entry.item for entry in batch])
+                for entry, result in zip(batch, results):
+                    entry.done.set_result(result)
+            except Exception as error:  # noqa: BLE001 - handed to the waiting requests, not lost
+                for entry in batch:
+                    if not entry.done.done():
+                        entry.done.set_exception(error)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastAPI:
+    config = config or ServeConfig()
+    batcher = Batcher(predictor, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="alter", summary="One multi-task model, every task, batched together.", lifespan=lifespan)
+    api_key = os.environ.get(config.api_key_env)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
+                return _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+        length = request.headers.get("content-length")
+        if length and (not length.isdigit() or int(length) > config.max_body_bytes):
+            return _error(413, f"request body over {config.max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        for problem in error.errors()[:5]:
+            where = ".".join(str(part) for part in problem["loc"] if part != "body") or "body"
+            problems.append(f"{where}: {problem['msg']}")
+        return _error(422, "; ".join(problems))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "tasks": len(predictor.model.tasks)}
+
+    @app.get("/v1/tasks")
+    async def tasks() -> dict[str, Any]:
+        return {"tasks": predictor.tasks()}
+
+    @app.post("/v1/predict")
+    async def predict(body: PredictBody) -> Any:
+        if len(body.requests) > config.max_items:
+            return _error(413, f"{len(body.requests)} requests in one call; at most {config.max_items}")
+        items = [item.model_dump() for item in body.requests]
+        for index, item in enumerate(items):
+            for name, text in item["inputs"].items():
+                if len(text) > config.max_input_chars:
+                    return _error(413, f"requests.{index}.inputs.{name}: over {config.max_input_chars} characters")
+        try:
+            predictor.examples(items)  # validate before queueing
+        except RequestError as error:
+            return _error(422, str(error).replace("request ", "requests.", 1))
+        return {"results": await batcher.submit(items)}
+
+    return app

@@ -1,0 +1,120 @@
+"""`alter serve`'s HTTP API on a tiny random model: every endpoint and error, and a fuzz."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alter.model import MTAModel
+from alter.serve.predictor import Predictor
+from alter.serve.server import ServeConfig, create_app
+from tests.conftest import model_config
+
+TASKS = ("sst2", "stsb", "dialogsum")
+
+
+@pytest.fixture(scope="module")
+def predictor(registry):
+    return Predictor(MTAModel(model_config("tiny-llama"), [registry.get(name) for name in TASKS]),
+                     batch_size=8, max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    with TestClient(create_app(predictor, ServeConfig(max_items=8, max_body_bytes=4096,
+                                                      max_input_chars=500))) as client:
+        yield client
+
+
+def test_health_tasks_and_docs(client):
+    assert client.get("/health").json() == {"status": "ok", "tasks": 3}
+    tasks = client.get("/v1/tasks").json()["tasks"]
+    assert [task["name"] for task in tasks] == list(TASKS)
+    assert tasks[0] == {"name": "sst2", "kind": "classification", "inputs": ["sentence"],
+                        "labels": ["negative", "positive"]}
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_mixed_requests_come_back_in_order(client, predictor):
+    body = {"requests": [
+        {"task": "dialogsum", "inputs": {"dialogue": "#Person1#: Hi.\n#Person2#: Hello."}},
+        {"task": "sst2", "inputs": {"sentence": "a fine film"}},
+        {"task": "stsb", "inputs": {"sentence1": "A dog runs.", "sentence2": "A dog is running."}},
+    ]}
+    response = client.post("/v1/predict", json=body)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["task"] for r in results] == ["dialogsum", "sst2", "stsb"]
+    assert results == json.loads(json.dumps(predictor.predict(body["requests"])))
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"requests": [{"task": "nope", "inputs": {"sentence": "x"}}]}, 422, "requests.0: unknown task 'nope'"),
+    ({"requests": [{"task": "sst2", "inputs": {"text": "x"}}]}, 422, "needs input field(s) sentence"),
+    ({"requests": [{"task": "sst2", "inputs": {"sentence": ""}}]}, 422, "must be a non-empty string"),
+    ({"requests": []}, 422, "requests: List should have at least 1 item"),
+    ({"requests": [{"task": "sst2"}]}, 422, "requests.0.inputs: Field required"),
+    ({"requests": [{"task": "sst2", "inputs": {"sentence": 5}}]}, 422, "requests.0.inputs.sentence"),
+    ({"wrong": 1}, 422, "requests: Field required"),
+    ({"requests": [{"task": "sst2", "inputs": {"sentence": "x"}}] * 9}, 413, "at most 8"),
+    ({"requests": [{"task": "sst2", "inputs": {"sentence": "x" * 501}}]}, 413, "over 500 characters"),
+    ({"requests": [{"task": "sst2", "inputs": {"sentence": "x" * 5000}}]}, 413, "request body over 4096 bytes"),
+])
+def test_bad_requests_get_a_4xx_that_names_the_problem(client, body, status, message):
+    response = client.post("/v1/predict", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_malformed_json_and_wrong_methods_are_4xx(client):
+    assert client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"}
+                       ).status_code == 422
+    assert client.get("/v1/predict").status_code == 405
+    assert client.get("/v1/nothing").status_code == 404
+
+
+def test_an_api_key_is_required_when_configured(predictor, monkeypatch):
+    monkeypatch.setenv("ALTER_TEST_KEY", "s3cret")
+    with TestClient(create_app(predictor, ServeConfig(api_key_env="ALTER_TEST_KEY"))) as client:
+        body = {"requests": [{"task": "sst2", "inputs": {"sentence": "fine"}}]}
+        assert client.post("/v1/predict", json=body).status_code == 401
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.post("/v1/predict", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/health").status_code == 200  # probes need no key
+
+
+def test_without_batching_each_request_is_answered_alone(predictor):
+    with TestClient(create_app(predictor, ServeConfig(batching=False))) as client:
+        response = client.post("/v1/predict", json={"requests": [{"task": "sst2", "inputs": {"sentence": "ok"}}]})
+        assert response.status_code == 200 and response.json()["results"][0]["task"] == "sst2"
+
+
+_scalar = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+           | st.text(max_size=20))
+_json = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+    st.text(max_size=10), inner, max_size=4), max_leaves=12)
+_item = st.fixed_dictionaries({"task": st.sampled_from([*TASKS, "", "x"]) | _json,
+                               "inputs": st.dictionaries(st.sampled_from(["sentence", "sentence1", "sentence2",
+                                                                          "dialogue", "other"]),
+                                                         st.text(max_size=40) | _json, max_size=3) | _json})
+_body = st.fixed_dictionaries({"requests": st.lists(_item, max_size=4) | _json}) | _json
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_body)
+def test_no_body_a_client_sends_gets_a_5xx(client, body):
+    response = client.post("/v1/predict", json=body)
+    assert response.status_code < 500, (body, response.text)
+    if response.status_code == 200:
+        assert len(response.json()["results"]) == len(body["requests"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=200))
+def test_no_raw_bytes_get_a_5xx(client, raw):
+    response = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code < 500, (raw, response.text)
