@@ -194,6 +194,20 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
 
 @app.command()
 @friendly_errors
+def export(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder")],
+           out: Annotated[Path, typer.Argument(help="a new folder")],
+           task: Annotated[str, typer.Option(help="the task to export")]) -> None:
+    """One task as a self-contained folder: a plain Hugging Face model when its adapters are
+    LoRA (merged into the weights, no extra inference cost), else the checkpoint and its backbone."""
+    from alter.model import MTAModel
+    from alter.serve.export import export_task
+
+    card = export_task(MTAModel.load(checkpoint), task, out)
+    console.print(f"{task} exported to {out} ({card['format']}): {card['note']}")
+
+
+@app.command()
+@friendly_errors
 def tasks(data_root: Annotated[Optional[str], typer.Option(help="data folder")] = None) -> None:
     """List the registered tasks and the sizes of their splits."""
     from alter.data.registry import builtin_registry

@@ -196,7 +196,11 @@ class MTAModel(nn.Module):
             raise FileNotFoundError(f"{directory} is not an alter checkpoint (no {META_FILE})")
         meta = json.loads(meta_path.read_text())
         tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
-        model = cls(ModelConfig.model_validate(meta["model"]), tasks)
+        config = ModelConfig.model_validate(meta["model"])
+        beside = directory / config.backbone  # an exported model carries its backbone in its folder
+        if not Path(config.backbone).is_absolute() and (beside / "config.json").exists():
+            config = config.model_copy(update={"backbone": str(beside)})
+        model = cls(config, tasks)
         model.backbone_trained = meta.get("backbone_trained", False)
         model.load_trained(directory)
         model.eval()
