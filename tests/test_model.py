@@ -83,3 +83,24 @@ def test_unknown_task_in_predict_is_a_clear_error(registry, samples):
     model = MTAModel(model_config("tiny-llama"), [registry.get("sst2")])
     with pytest.raises(KeyError, match="not trained on task 'rte'"):
         model.predict([Example("rte", {"premise": "a", "hypothesis": "b"}, None)])
+
+
+@pytest.mark.parametrize("backbone", ["tiny-llama", "tiny-t5"])
+def test_scoring_after_a_shared_prefix_equals_scoring_every_candidate(registry, samples, backbone, monkeypatch):
+    """stsb's " 0" .. " 5" share a leading space in a byte tokenizer: one pass must give what
+    the pass over every candidate gives."""
+    model = MTAModel(model_config(backbone), [registry.get("stsb"), registry.get("sst2")]).eval()
+    randomise_experts(model)
+    examples = samples["stsb"][:3] + samples["sst2"][:2]
+    if backbone == "tiny-llama":
+        prefix, tokens = model.head.candidate_split(model.tasks[0], model.tokenizer)
+        assert prefix and len(tokens) == 6
+    fast = model.predict(examples)
+    monkeypatch.setattr(type(model.head), "candidate_split", lambda self, task, tokenizer: None)
+    slow = model.predict(examples)
+    for (value, scores), (expected, expected_scores) in zip(fast, slow):
+        if isinstance(value, float):
+            assert value == pytest.approx(expected, abs=1e-4)
+        else:
+            assert value == expected
+        assert list(scores.values()) == pytest.approx(list(expected_scores.values()), abs=1e-4)

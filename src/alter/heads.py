@@ -157,19 +157,24 @@ class LMHead(nn.Module):
     def score(self, backbone: nn.Module, rows: Sequence[Encoded], tasks: Sequence[Task], tokenizer) -> list[Prediction]:
         """Rank classification: the likelihood of each candidate word decides.
 
-        When every candidate of a task is one distinct token, one forward pass over the
-        prompts scores them all; otherwise each prompt is repeated with each candidate
-        appended and the summed log-likelihoods are compared (still one batched pass).
+        When a task's candidates differ in one token after a prefix they share (" positive" /
+        " negative"; " 0" .. " 5" where a tokenizer splits off the space), one forward pass over
+        the prompts with that prefix appended scores them all: the prefix's likelihood is the
+        same for every candidate and cancels. Otherwise each prompt is repeated with each
+        candidate appended and the summed log-likelihoods are compared (one batched pass).
         """
-        candidates = {task_id: self.candidate_ids(tasks[task_id], tokenizer) for task_id in {r.task_id for r in rows}}
-        single = all(len(ids) == 1 for ids_list in candidates.values() for ids in ids_list) and all(
-            self.first_token_choices(tasks[task_id], tokenizer) is not None for task_id in candidates)
-        if single:
-            batch = self.collate(rows, tokenizer)
+        splits = {task_id: self.candidate_split(tasks[task_id], tokenizer) for task_id in {r.task_id for r in rows}}
+        if all(split is not None for split in splits.values()):
+            # The prefix is marked as target so that an input router pools over the prompt alone.
+            extended = rows if self.seq2seq else [
+                Encoded(row.task_id, row.input_ids + splits[row.task_id][0],
+                        labels=[IGNORE] * len(row.input_ids) + splits[row.task_id][0]) for row in rows]
+            batch = self.collate(extended, tokenizer)
             with routed(batch):
                 logp = self.first_token_logprobs(backbone, batch)  # (B, V)
-            scores = [logp[i, [ids[0] for ids in candidates[row.task_id]]] for i, row in enumerate(rows)]
+            scores = [logp[i, splits[row.task_id][1]] for i, row in enumerate(rows)]
         else:
+            candidates = {task_id: self.candidate_ids(tasks[task_id], tokenizer) for task_id in splits}
             expanded = [self._with_candidate(row, ids) for row in rows for ids in candidates[row.task_id]]
             batch = self.collate(expanded, tokenizer)
             with routed(batch):
@@ -180,6 +185,22 @@ class LMHead(nn.Module):
                 scores.append(total[start: start + count])
                 start += count
         return [tasks[row.task_id].from_candidate_probs(score.softmax(-1).tolist()) for row, score in zip(rows, scores)]
+
+    def candidate_split(self, task: Task, tokenizer) -> tuple[list[int], list[int]] | None:
+        """(the tokens every candidate starts with, the one distinct token each has after
+        them), or None when candidates differ otherwise. Encoder-decoders need no prefix."""
+        ids = self.candidate_ids(task, tokenizer)
+        if not ids:
+            return None
+        prefix = []
+        for tokens in zip(*ids):
+            if len(set(tokens)) > 1:
+                break
+            prefix.append(tokens[0])
+        rest = [candidate[len(prefix):] for candidate in ids]
+        if (self.seq2seq and prefix) or any(len(tail) != 1 for tail in rest) or len({t[0] for t in rest}) < len(rest):
+            return None
+        return prefix, [tail[0] for tail in rest]
 
     def _with_candidate(self, row: Encoded, candidate: list[int]) -> Encoded:
         if self.seq2seq:
