@@ -16,12 +16,11 @@ from typing import Any
 from alter.baselines.bilstm import BiLSTMModel
 from alter.baselines.lead import lead
 from alter.config import Config
-from alter.data.mixture import mixture_rates
 from alter.evaluate.evaluator import compute_task_metrics, macro_average
 from alter.experiment.config import ExperimentConfig, SystemConfig
 from alter.experiment.results import write_results
 from alter.model import MTAModel
-from alter.train.run import load_split, load_tasks, run_training
+from alter.train.run import load_split, load_tasks, run_training, task_rates
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
@@ -82,8 +81,7 @@ def _mixture_rates(config: Config) -> dict[str, float]:
     """The share of each task in the multi-task mixture of this config."""
     tasks = load_tasks(config)
     sizes = {name: len(examples) for name, examples in load_split(config, tasks, config.data.train_split, True).items()}
-    mix = config.data.mixture
-    return mixture_rates(sizes, mix.sampling, mix.temperature, mix.rates)
+    return task_rates(config, sizes)
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -62,9 +62,14 @@ def stage_data(model: MTAModel, config: Config, train_sets: dict[str, list[Examp
         if not encoded:
             raise ValueError(f"task {task.name} has no training examples")
     sizes = {task.name: len(encoded) for task, encoded in zip(model.tasks, rows)}
-    mix = config.data.mixture
-    rates = mixture_rates(sizes, mix.sampling, mix.temperature, mix.rates)
+    rates = task_rates(config, sizes)
     return StageData(rows, [rates[name] for name in sizes], list(sizes))
+
+
+def task_rates(config: Config, sizes: dict[str, int]) -> dict[str, float]:
+    """Each task's share of the mixture, from its number of training examples and the config."""
+    mix = config.data.mixture
+    return mixture_rates(sizes, mix.sampling, mix.temperature, mix.rates)
 
 
 def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any] = MTAModel) -> dict[str, Any]:
