@@ -66,12 +66,20 @@ def score_table(title: str, metrics: dict, before: dict | None = None, macro: fl
 @friendly_errors
 def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
           set_: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value")] = None) -> None:
-    """Train the configured stages; resumes from the last checkpoint when run again."""
+    """Train the configured stages; resumes from the last checkpoint when run again.
+
+    Under `torchrun --nproc_per_node N` (or `accelerate launch`) it trains on N processes."""
     from alter.config import load_config
+    from alter.train import distributed
     from alter.train.run import run_training
 
     cfg = load_config(config, set_ or [])
-    report = run_training(cfg)
+    try:
+        report = run_training(cfg)
+    finally:
+        distributed.stop()
+    if os.environ.get("RANK", "0") != "0":
+        return  # the main process prints the scores
     console.print(score_table(f"{cfg.output_dir}", report["metrics"], report.get("before_training"),
                               report["macro"], report.get("macro_before_training")))
     for label, stage in report["stages"].items():

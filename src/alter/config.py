@@ -109,13 +109,22 @@ class EvalConfig(_Strict):
     after_each_stage: bool = False  # also score the model after every stage but the last
 
 
+class DistributedConfig(_Strict):
+    """Used when a launcher (torchrun, accelerate launch) starts several processes."""
+
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
+    timeout_s: int = Field(default=3600, ge=60)  # how long a rank waits for the others
+
+
 class Config(_Strict):
     output_dir: str = "runs/default"
     seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
     model: ModelConfig = ModelConfig()
     data: DataConfig
     stages: list[StageConfig] = [StageConfig(kind="stage1"), StageConfig(kind="stage2", steps=30, lr=1e-2)]
     eval: EvalConfig = EvalConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> Config:

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 
 from alter.config import ModelConfig
-from alter.data.collate import IGNORE, Encoded, attention_mask, encode_prompt, encode_target, pad
+from alter.data.collate import IGNORE, Encoded, attention_mask, encode_prompt, encode_target, pad, to_device
 from alter.data.task import Example, Task
 from alter.mta.routing import routing
 
@@ -28,12 +28,24 @@ class HeadError(ValueError):
     pass
 
 
+class DeviceAware(nn.Module):
+    """A head that knows its model's device (an LM head may hold no parameter of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)  # moves with .to()
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+
 def routed(batch: Batch):
     """The routing context for one backbone call on `batch` (task ids, pooling masks)."""
     return routing(batch["task_ids"], batch["pool_masks"])
 
 
-class LMHead(nn.Module):
+class LMHead(DeviceAware):
     """Text-to-text: targets are words; classification by rank classification over the
     verbalizer's words; regression by the expected value over score bins; generation."""
 
@@ -89,7 +101,7 @@ class LMHead(nn.Module):
         if self.seq2seq:  # the decoder's prefill is its start token alone
             width = batch["labels"].shape[1] if "labels" in batch else 1
             batch["pool_masks"]["decoder"] = F.one_hot(torch.zeros(len(rows), dtype=torch.long), width)
-        return batch
+        return to_device(batch, self.device)
 
     # --- losses -------------------------------------------------------------------------
     def target_logits(self, backbone: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,7 +145,8 @@ class LMHead(nn.Module):
         for row, (choices, answer) in enumerate(batch["choices"]):
             if choices is not None:
                 choice_logits = logits[first[row], choices].float()  # (C,)
-                loss[row] = loss[row] + F.cross_entropy(choice_logits[None], torch.tensor([answer]))
+                answer_index = torch.tensor([answer], device=logits.device)
+                loss[row] = loss[row] + F.cross_entropy(choice_logits[None], answer_index)
         return loss
 
     # --- prediction ---------------------------------------------------------------------
@@ -144,7 +157,8 @@ class LMHead(nn.Module):
     def first_token_logprobs(self, backbone: nn.Module, batch: Batch) -> torch.Tensor:
         """Log-probabilities of the first target token after each prompt; (B, V)."""
         if self.seq2seq:
-            start = torch.full((batch["input_ids"].shape[0], 1), backbone.config.decoder_start_token_id)
+            start = torch.full((batch["input_ids"].shape[0], 1), backbone.config.decoder_start_token_id,
+                               device=batch["input_ids"].device)
             logits = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               decoder_input_ids=start).logits[:, 0]  # (B, V)
         else:
@@ -226,7 +240,7 @@ class LMHead(nn.Module):
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [(text.strip(), {}) for text in texts]
 
-class ClassifierHead(nn.Module):
+class ClassifierHead(DeviceAware):
     """A linear classifier (or regressor) per task on the pooled hidden state."""
 
     def __init__(self, backbone_config: PretrainedConfig, tasks: Sequence[Task], config: ModelConfig):
@@ -262,7 +276,7 @@ class ClassifierHead(nn.Module):
         if rows[0].target is not None:
             batch["targets"] = torch.tensor([float(row.target) for row in rows])  # (B,)
         batch["pool_masks"] = {"main": batch["attention_mask"]}
-        return batch
+        return to_device(batch, self.device)
 
     def outputs(self, backbone: nn.Module, batch: Batch) -> list[torch.Tensor]:
         """Each row's head output: class logits (C,) or a score (1,)."""

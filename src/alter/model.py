@@ -150,9 +150,10 @@ class MTAModel(nn.Module):
         """Task-level gate weights of every MTA layer, (L, tasks, K) (input router left out)."""
         if not self.mta_layers:
             return torch.empty(0)
-        task_ids = torch.arange(len(self.tasks))
-        no_input = torch.zeros(len(self.tasks), self.backbone.config.hidden_size)  # R(0) = 0
-        return torch.stack([layer.gate(task_ids, no_input) for layer in self.mta_layers])
+        device = self.head.device
+        task_ids = torch.arange(len(self.tasks), device=device)
+        no_input = torch.zeros(len(self.tasks), self.backbone.config.hidden_size, device=device)  # R(0) = 0
+        return torch.stack([layer.gate(task_ids, no_input) for layer in self.mta_layers]).cpu()
 
     # --- checkpoints --------------------------------------------------------------------
     def trained_state(self) -> dict[str, torch.Tensor]:

@@ -62,6 +62,10 @@ class BiLSTMModel(nn.Module):
         self.mta_layers: list = []
         self.backbone_trained = True
 
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
     # --- the interface of the training loop ---------------------------------------------
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         return {"experts": {}, "gates": {}, "adapters": {}, "heads": {}, "backbone": dict(self.named_parameters())}
@@ -110,11 +114,12 @@ class BiLSTMModel(nn.Module):
             task = self.tasks[row.task_id]
             if task.kind == "classification":
                 logits = self.heads[task.name](pooled[i])  # (C,)
-                losses[i] = F.cross_entropy(logits[None], torch.tensor([int(row.target)]))
+                losses[i] = F.cross_entropy(logits[None], torch.tensor([int(row.target)], device=self.device))
             elif task.kind == "regression":
-                losses[i] = F.mse_loss(self.heads[task.name](pooled[i])[0], torch.tensor(float(row.target)))
+                target = torch.tensor(float(row.target), device=self.device)
+                losses[i] = F.mse_loss(self.heads[task.name](pooled[i])[0], target)
         if generating:
-            labels = pad([rows[i].labels for i in generating], IGNORE)  # (G, L)
+            labels = pad([rows[i].labels for i in generating], IGNORE).to(self.device)  # (G, L)
             inputs = torch.cat([torch.full_like(labels[:, :1], self.eos), labels[:, :-1]], 1).clamp(min=0)
             logits, _ = self._decode(inputs, self._start_state(pooled[generating]),
                                      memory[generating], mask[generating])  # (G, L, V)
@@ -127,8 +132,9 @@ class BiLSTMModel(nn.Module):
     # --- the network --------------------------------------------------------------------
     def _encode(self, ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder states (B, T, 2H), their mask (B, T) and the attention-pooled state (B, 2H)."""
-        tokens, mask = pad(ids, self.tokenizer.pad_token_id), attention_mask(ids).bool()
-        lengths = mask.sum(1)
+        tokens = pad(ids, self.tokenizer.pad_token_id).to(self.device)  # (B, T)
+        mask = attention_mask(ids).bool().to(self.device)  # (B, T)
+        lengths = mask.sum(1).cpu()  # packing wants the lengths on the CPU
         packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.embed(tokens)), lengths,
                                                    batch_first=True, enforce_sorted=False)
         memory, _ = self.encoder(packed)
@@ -177,7 +183,7 @@ class BiLSTMModel(nn.Module):
         return results
 
     def _greedy(self, memory: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor, max_new_tokens: int) -> str:
-        state, token, produced = self._start_state(pooled), torch.tensor([[self.eos]]), []
+        state, token, produced = self._start_state(pooled), torch.tensor([[self.eos]], device=self.device), []
         for _ in range(max_new_tokens):
             logits, state = self._decode(token, state, memory, mask)  # (1, 1, V)
             token = logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)

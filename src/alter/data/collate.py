@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -69,6 +70,17 @@ def pad(rows: Sequence[list[int]], value: int, side: str = "right") -> torch.Ten
 
 def attention_mask(rows: Sequence[list[int]], side: str = "right") -> torch.Tensor:
     return pad([[1] * len(row) for row in rows], 0, side)  # (B, T)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """`batch` with every tensor in it (in dicts and lists, at any depth) on `device`."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, list):
+        return [to_device(value, device) for value in batch]
+    return batch
 
 
 def example_lengths(tokenizer: PreTrainedTokenizerBase, task: Task, examples: Sequence[Example]) -> list[int]:

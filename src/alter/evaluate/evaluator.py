@@ -8,6 +8,7 @@ from alter.config import EvalConfig
 from alter.data.task import Example, Task
 from alter.evaluate.metrics import compute
 from alter.model import MTAModel
+from alter.train.distributed import SINGLE, Ranks
 
 
 def references_of(task: Task, examples: Sequence[Example]) -> list:
@@ -16,10 +17,13 @@ def references_of(task: Task, examples: Sequence[Example]) -> list:
     return [example.target for example in examples]
 
 
-def evaluate(model: MTAModel, eval_sets: dict[str, list[Example]], config: EvalConfig) -> dict[str, dict[str, float]]:
-    """{task: {metric: value}} on 0-1 scales; all tasks' examples predicted together."""
+def evaluate(model: MTAModel, eval_sets: dict[str, list[Example]], config: EvalConfig,
+             ranks: Ranks = SINGLE) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} on 0-1 scales; all tasks' examples predicted together (each
+    process of a distributed run predicts its share)."""
     everything = [example for examples in eval_sets.values() for example in examples]
-    predictions = model.predict(everything, config.batch_size, config.max_new_tokens, config.num_beams)
+    mine = model.predict(ranks.shard(everything), config.batch_size, config.max_new_tokens, config.num_beams)
+    predictions = ranks.unshard(mine, len(everything))
     results, start = {}, 0
     for name, examples in eval_sets.items():
         task = model.tasks[model.task_id(name)]

@@ -64,5 +64,5 @@ class TaskGate(nn.Module):
             return
         other = (1.0 - own_weight) / (self.num_experts - 1)
         self.task_logits.fill_(math.log(other) * self.temperature)
-        rows = torch.arange(self.task_logits.shape[0])
+        rows = torch.arange(self.task_logits.shape[0], device=self.task_logits.device)
         self.task_logits[rows, self.assignment] = math.log(own_weight) * self.temperature

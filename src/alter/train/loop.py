@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,22 @@ from alter.data.collate import Encoded
 from alter.data.mixture import batch_plan
 from alter.model import MTAModel
 from alter.train.checkpoint import load_training_state, save_training_state
+from alter.train.distributed import SINGLE, Ranks, no_sync, wrap
 from alter.train.stages import prepare_stage
 
 
 class JsonlLog:
-    """Appends one JSON object per line; what a plot or a person reads after the run."""
+    """Appends one JSON object per line; what a plot or a person reads after the run.
+    Written by the main process only."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
+        self.enabled = enabled
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -66,10 +70,18 @@ def _schedule(stage: StageConfig) -> Callable[[int], float]:
 
 
 def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir: Path, log: JsonlLog,
-                seed: int, evaluate: Callable[[], float] | None = None) -> StageResult:
-    """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`."""
+                seed: int, evaluate: Callable[[], float] | None = None, ranks: Ranks = SINGLE) -> StageResult:
+    """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`.
+
+    On several processes (`ranks`), each runs its share of every global batch and DDP
+    averages the gradients; the main process alone writes checkpoints and logs.
+    """
+    if stage.batch_size < ranks.world_size:
+        raise ValueError(f"stage '{stage.label}': batch_size {stage.batch_size} is smaller than the "
+                         f"{ranks.world_size} processes; each needs at least one row of every batch")
     trainable = prepare_stage(model, stage)
     params = list(trainable.values())
+    engine = wrap(model, ranks)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     factor = _schedule(stage)
     plan = batch_plan([[len(row.input_ids) for row in rows] for rows in data.rows], data.rates,
@@ -83,27 +95,36 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
         step, spent, tokens, best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
 
     def save(at_step: int) -> None:
-        save_training_state(last, model, optimizer, at_step,
-                            {"wall_seconds": spent, "tokens": tokens, "best": best, "stage": stage.label})
+        if ranks.is_main:
+            save_training_state(last, model, optimizer, at_step,
+                                {"wall_seconds": spent, "tokens": tokens, "best": best, "stage": stage.label})
 
     model.train()
-    task_losses: dict[str, list[float]] = defaultdict(list)
-    progress = tqdm(total=stage.steps, initial=step, desc=stage.label, unit="step", dynamic_ncols=True)
+    # Per task: summed loss and number of rows since the last log line (this rank's rows).
+    task_losses = torch.zeros(len(data.task_names), 2)
+    progress = tqdm(total=stage.steps, initial=step, desc=stage.label, unit="step", dynamic_ncols=True,
+                    disable=not ranks.is_main)
     loss_value = float("nan")
     try:
         while step < stage.steps:
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = stage.lr * factor(step)
-            step_loss = 0.0
+            local_loss = torch.zeros(())
             for micro in range(stage.grad_accum):
                 batch = [data.rows[task][index] for task, index in plan[step * stage.grad_accum + micro]]
-                losses = model(batch)  # (B,)
-                (losses.mean() / stage.grad_accum).backward()
-                step_loss += losses.mean().item() / stage.grad_accum
+                rows = ranks.shard(batch)
+                with no_sync(engine, accumulating=micro < stage.grad_accum - 1):
+                    losses = engine(rows)  # (b,) this rank's rows
+                    # The mean over the global batch: DDP averages over ranks, so each rank
+                    # scales its sum by world_size / global batch size.
+                    share = losses.sum() * ranks.world_size / (len(batch) * stage.grad_accum)
+                    share.backward()
+                local_loss += losses.detach().sum() / (len(batch) * stage.grad_accum)
                 tokens += sum(len(row.input_ids) for row in batch)
-                for row, value in zip(batch, losses.tolist()):
-                    task_losses[data.task_names[row.task_id]].append(value)
+                for row, value in zip(rows, losses.detach().tolist()):
+                    task_losses[row.task_id] += torch.tensor([value, 1.0])
+            step_loss = ranks.sum(local_loss).item()
             if stage.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm)
             optimizer.step()
@@ -114,17 +135,20 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / max(spent, 1e-9):.0f}")
             if step % stage.log_every == 0 or step == stage.steps:
+                totals = ranks.sum(task_losses)  # (tasks, 2)
                 log.write({"stage": stage.label, "step": step, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"],
-                           "task_loss": {name: sum(v) / len(v) for name, v in task_losses.items()},
+                           "task_loss": {name: total / count for name, (total, count)
+                                         in zip(data.task_names, totals.tolist()) if count},
                            "tokens_per_s": tokens / max(spent, 1e-9), "elapsed_s": spent})
-                task_losses.clear()
+                task_losses.zero_()
             if evaluate and stage.eval_every and (step % stage.eval_every == 0 or step == stage.steps):
                 score = evaluate()
                 log.write({"stage": stage.label, "step": step, "eval_macro": score})
                 model.train()
                 if score > best:
                     best = score
-                    model.save(stage_dir / "best", {"stage": stage.label, "step": step, "macro": score})
+                    if ranks.is_main:
+                        model.save(stage_dir / "best", {"stage": stage.label, "step": step, "macro": score})
             if step % stage.save_every == 0 or step == stage.steps:
                 save(step)
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from alter.data.task import Example, Task, data_root
 from alter.evaluate.evaluator import evaluate, macro_average
 from alter.evaluate.report import write_report
 from alter.model import MTAModel
+from alter.train.distributed import Ranks, pick_device, start
 from alter.train.loop import JsonlLog, StageData, train_stage
 
 log = logging.getLogger(__name__)
@@ -75,41 +76,54 @@ def task_rates(config: Config, sizes: dict[str, int]) -> dict[str, float]:
 def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any] = MTAModel) -> dict[str, Any]:
     """Train every configured stage (resuming where a previous run stopped) and report.
 
-    `build` makes the model from the model config and tasks (a baseline passes its own)."""
+    `build` makes the model from the model config and tasks (a baseline passes its own).
+    Under a launcher with several processes every rank runs this; the main one writes."""
+    device = pick_device(config.device)
+    ranks = start(config.distributed, device)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if ranks.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     torch.manual_seed(config.seed)
     tasks = load_tasks(config)
     train_sets = load_split(config, tasks, config.data.train_split, training=True)
     eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
-    model = build(config.model, tasks)
-    journal = JsonlLog(out / "log.jsonl")
+    model = build(config.model, tasks).to(device)
+    journal = JsonlLog(out / "log.jsonl", enabled=ranks.is_main)
 
     def evaluate_once(path: Path, what: str) -> dict[str, dict[str, float]]:
         """Scores kept in `path`, so that a resumed run does not evaluate again."""
         if path.exists():
             return json.loads(path.read_text())
         log.info("evaluating %s on %s", what, {k: len(v) for k, v in eval_sets.items()})
-        scores = evaluate(model, eval_sets, config.eval)
-        path.write_text(json.dumps(scores, indent=2))
+        scores = evaluate(model, eval_sets, config.eval, ranks)
+        if ranks.is_main:
+            path.write_text(json.dumps(scores, indent=2))
         return scores
 
     before = evaluate_once(out / "eval_before.json", "the untrained model") if config.eval.before_training else None
 
     def eval_macro() -> float:
-        return macro_average(tasks, evaluate(model, eval_sets, config.eval))
+        return macro_average(tasks, evaluate(model, eval_sets, config.eval, ranks))
 
     data = stage_data(model, config, train_sets)
     stages, after_stage = [], {}
     for index, stage in enumerate(config.stages):
         result = train_stage(model, stage, data, out / "stages" / stage.label, journal,
-                             seed=config.seed + index, evaluate=eval_macro)
+                             seed=config.seed + index, evaluate=eval_macro, ranks=ranks)
         stages.append(result)
         if config.eval.after_each_stage and index < len(config.stages) - 1:
             after_stage[stage.label] = evaluate_once(out / f"eval_after_{stage.label}.json",
                                                      f"the model after {stage.label}")
-    model.save(out / "model", {"stages": [vars(result) for result in stages]})
-    after = evaluate(model, eval_sets, config.eval)
-    return write_report(out, model, after, before, stages, {name: len(v) for name, v in eval_sets.items()},
-                        after_stage)
+    after = evaluate(model, eval_sets, config.eval, ranks)
+    return _write_outputs(ranks, out, model, after, before, stages, eval_sets, after_stage)
+
+
+def _write_outputs(ranks: Ranks, out: Path, model, after, before, stages, eval_sets, after_stage) -> dict[str, Any]:
+    """The saved model and the report, written once; every rank returns the report."""
+    if ranks.is_main:
+        model.save(out / "model", {"stages": [vars(result) for result in stages]})
+        report = write_report(out, model, after, before, stages, {name: len(v) for name, v in eval_sets.items()},
+                              after_stage)
+    ranks.barrier()
+    return report if ranks.is_main else json.loads((out / "report.json").read_text())
