@@ -85,8 +85,9 @@ def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], t
     return True
 
 
-def write_report(out: Path, model, after: dict, before: dict | None, stages: Sequence,
-                 eval_counts: dict[str, int], after_stage: dict[str, dict] | None = None) -> dict[str, Any]:
+def build_report(model, after: dict, before: dict | None, stages: Sequence, eval_counts: dict[str, int],
+                 after_stage: dict[str, dict] | None = None) -> dict[str, Any]:
+    """The report as data: scores (after, before and between stages) and each stage's cost."""
     tasks = model.tasks
     report: dict[str, Any] = {
         "backbone": model.config.backbone,
@@ -104,6 +105,12 @@ def write_report(out: Path, model, after: dict, before: dict | None, stages: Seq
     if after_stage:  # scores of the model as it was after an earlier stage
         report["after_stage"] = {label: {"metrics": metrics, "macro": macro_average(tasks, metrics)}
                                  for label, metrics in after_stage.items()}
+    return report
+
+
+def write_report(out: Path, model, report: dict[str, Any]) -> dict[str, Any]:
+    """report.json, report.md and the plots in `out`; returns the report with its plots."""
+    tasks = model.tasks
     plots = {}
     if plot_losses(out / "log.jsonl", out / "loss_curves.png"):
         plots["loss_curves"] = "loss_curves.png"
@@ -117,7 +124,8 @@ def write_report(out: Path, model, after: dict, before: dict | None, stages: Seq
         stage_lines.append(
             f"| {label} | {s['steps']} | {s['trainable_params']:,} | {s['wall_seconds']} | {s['tokens_per_s']} |")
     markdown = [f"# Report: {model.config.backbone}", "", "Scores on a 0-100 scale; evaluation examples per task: "
-                + ", ".join(f"{k} {v}" for k, v in eval_counts.items()), "", markdown_table(tasks, after, before),
+                + ", ".join(f"{k} {v}" for k, v in report["eval_examples"].items()), "",
+                markdown_table(tasks, report["metrics"], report.get("before_training")),
                 "", "## Stages", "", *stage_lines, ""]
     markdown += [f"![{name}]({path})" for name, path in plots.items()]
     (out / "report.md").write_text("\n".join(markdown) + "\n")

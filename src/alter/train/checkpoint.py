@@ -56,10 +56,16 @@ def save_training_state(directory: Path, model: MTAModel, optimizer: torch.optim
         os.replace(tmp, directory)
 
 
-def load_training_state(directory: Path, model: MTAModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+TrainingState = tuple[dict[str, torch.Tensor], dict[str, Any]]  # (tensors, the JSON part)
+
+
+def read_training_state(directory: Path) -> TrainingState:
+    return load_file(str(directory / "state.safetensors")), json.loads((directory / "state.json").read_text())
+
+
+def load_training_state(state: TrainingState, model: MTAModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore weights, optimizer and RNG; returns the JSON part (with `step`)."""
-    tensors = load_file(str(directory / "state.safetensors"))
-    meta = json.loads((directory / "state.json").read_text())
+    tensors, meta = state
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     torch.set_rng_state(tensors["rng.torch"])

@@ -57,6 +57,14 @@ class Ranks:
             merged[rank:: self.world_size] = part
         return merged
 
+    def from_main(self, value: T) -> T:
+        """The main process's `value` on every rank (what it read from its disk)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """The sum over ranks (a copy; the input is unchanged)."""
         values = values.detach().clone()

@@ -17,7 +17,7 @@ from alter.config import StageConfig
 from alter.data.collate import Encoded
 from alter.data.mixture import batch_plan
 from alter.model import MTAModel
-from alter.train.checkpoint import load_training_state, save_training_state
+from alter.train.checkpoint import load_training_state, read_training_state, save_training_state
 from alter.train.distributed import SINGLE, Ranks, no_sync, wrap
 from alter.train.stages import prepare_stage
 
@@ -81,7 +81,6 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
                          f"{ranks.world_size} processes; each needs at least one row of every batch")
     trainable = prepare_stage(model, stage)
     params = list(trainable.values())
-    engine = wrap(model, ranks)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     factor = _schedule(stage)
     plan = batch_plan([[len(row.input_ids) for row in rows] for rows in data.rows], data.rates,
@@ -90,9 +89,13 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
     step, spent, tokens, best = 0, 0.0, 0, float("-inf")
     # `last.old` exists alone only when a run was killed while replacing `last`.
     resume_from = next((path for path in (last, last.with_name("last.old")) if path.exists()), None)
-    if resume_from is not None:
-        meta = load_training_state(resume_from, model, optimizer)
+    # The main process reads the checkpoint and sends it to the others, whose machines may
+    # not share its disk (and may be fewer or more than when it was written).
+    state = ranks.from_main(read_training_state(resume_from) if ranks.is_main and resume_from else None)
+    if state is not None:
+        meta = load_training_state(state, model, optimizer)
         step, spent, tokens, best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
+    engine = wrap(model, ranks)
 
     def save(at_step: int) -> None:
         if ranks.is_main:

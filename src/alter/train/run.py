@@ -19,9 +19,9 @@ from alter.data.mixture import mixture_rates
 from alter.data.registry import builtin_registry
 from alter.data.task import Example, Task, data_root
 from alter.evaluate.evaluator import evaluate, macro_average
-from alter.evaluate.report import write_report
+from alter.evaluate.report import build_report, write_report
 from alter.model import MTAModel
-from alter.train.distributed import Ranks, pick_device, start
+from alter.train.distributed import pick_device, start
 from alter.train.loop import JsonlLog, StageData, train_stage
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,13 @@ def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any]
     journal = JsonlLog(out / "log.jsonl", enabled=ranks.is_main)
 
     def evaluate_once(path: Path, what: str) -> dict[str, dict[str, float]]:
-        """Scores kept in `path`, so that a resumed run does not evaluate again."""
-        if path.exists():
-            return json.loads(path.read_text())
-        log.info("evaluating %s on %s", what, {k: len(v) for k, v in eval_sets.items()})
+        """Scores kept in `path`, so that a resumed run does not evaluate again (the main
+        process decides: other machines of a run may not share its disk)."""
+        kept = ranks.from_main(json.loads(path.read_text()) if ranks.is_main and path.exists() else None)
+        if kept is not None:
+            return kept
+        if ranks.is_main:
+            log.info("evaluating %s on %s", what, {k: len(v) for k, v in eval_sets.items()})
         scores = evaluate(model, eval_sets, config.eval, ranks)
         if ranks.is_main:
             path.write_text(json.dumps(scores, indent=2))
@@ -115,15 +118,8 @@ def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any]
         if config.eval.after_each_stage and index < len(config.stages) - 1:
             after_stage[stage.label] = evaluate_once(out / f"eval_after_{stage.label}.json",
                                                      f"the model after {stage.label}")
-    after = evaluate(model, eval_sets, config.eval, ranks)
-    return _write_outputs(ranks, out, model, after, before, stages, eval_sets, after_stage)
-
-
-def _write_outputs(ranks: Ranks, out: Path, model, after, before, stages, eval_sets, after_stage) -> dict[str, Any]:
-    """The saved model and the report, written once; every rank returns the report."""
     if ranks.is_main:
         model.save(out / "model", {"stages": [vars(result) for result in stages]})
-        report = write_report(out, model, after, before, stages, {name: len(v) for name, v in eval_sets.items()},
-                              after_stage)
-    ranks.barrier()
-    return report if ranks.is_main else json.loads((out / "report.json").read_text())
+    after = evaluate(model, eval_sets, config.eval, ranks)
+    report = build_report(model, after, before, stages, {name: len(v) for name, v in eval_sets.items()}, after_stage)
+    return write_report(out, model, report) if ranks.is_main else report
