@@ -26,4 +26,4 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
-	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/suite.py

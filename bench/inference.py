@@ -151,6 +151,8 @@ def main() -> None:
             run()
             times[name].append(time.perf_counter() - started)
     throughput = {name: len(rows) / statistics.median(values) for name, values in times.items()}  # requests/s
+    # Tokens per request: the prompt read (scoring), the new tokens written (generation).
+    tokens = {"scoring": statistics.mean(len(row.input_ids) for row in rows), "generation": NEW_TOKENS}
 
     def ratio(workload: str, other: str) -> float:
         return round(throughput[f"{workload}/mixed"] / throughput[f"{workload}/{other}"], 3)
@@ -165,6 +167,7 @@ def main() -> None:
         "detail_ratios": {f"{w}/mixed_vs_{o}": ratio(w, o) for w in ("scoring", "generation")
                           for o in ("single", "task_by_task", "peft_mixed")},
         "requests_per_s": {name: round(value, 2) for name, value in throughput.items()},
+        "tokens_per_s": {name: round(value * tokens[name.split("/")[0]], 1) for name, value in throughput.items()},
         "requests": len(rows), "tasks": TASKS, "new_tokens": NEW_TOKENS, "rounds": args.rounds,
         "backbone": args.backbone, "threads": torch.get_num_threads(),
     }

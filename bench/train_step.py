@@ -1,7 +1,7 @@
 """Time one training step on SmolLM2-135M (batch 8 x 128 tokens) for MTA stage 1, MTA stage 2,
 PEFT LoRA (r=8 on q_proj, v_proj) and full fine-tuning, side by side in one run.
 
-    .venv/bin/python bench/train_step.py [--rounds 3] [--json]
+    .venv/bin/python bench/train_step.py [--rounds 3] [--json] [--only METHOD] [--backbone NAME]
 
 Every method runs the same causal-LM loss on the same random tokens, forward + backward +
 AdamW step. Rounds interleave the methods so that a noisy machine affects all alike; the
@@ -23,6 +23,7 @@ from alter.backbones import resolve_backbone
 from alter.mta import MTAConfig, inject_mta, routing
 
 BATCH, LENGTH, TASKS = 8, 128, 4
+METHODS = ["mta_stage1", "mta_stage2", "peft_lora", "full"]
 
 
 def load(location: str) -> torch.nn.Module:
@@ -62,7 +63,8 @@ def full_model(location: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter]
 def step_function(model: torch.nn.Module, params: list[torch.nn.Parameter], routed: bool) -> Callable[[], float]:
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(100, 40000, (BATCH, LENGTH), generator=generator)  # (B, T)
+    vocab = min(40000, model.config.vocab_size)
+    input_ids = torch.randint(100, vocab, (BATCH, LENGTH), generator=generator)  # (B, T)
     task_ids = torch.arange(BATCH) % TASKS  # a mixed-task batch
 
     def step() -> float:
@@ -84,15 +86,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--only", choices=METHODS, help="one method alone (to measure its peak memory)")
+    parser.add_argument("--backbone", default="smollm2-135m")
     args = parser.parse_args()
     torch.manual_seed(0)
-    location = resolve_backbone("smollm2-135m")
+    location = resolve_backbone(args.backbone)
     builders = {
         "mta_stage1": lambda: (*mta_model(location, "stage1"), True),
         "mta_stage2": lambda: (*mta_model(location, "stage2"), True),
         "peft_lora": lambda: (*peft_model(location), False),
         "full": lambda: (*full_model(location), False),
     }
+    if args.only:
+        builders = {args.only: builders[args.only]}
     steps, trainable = {}, {}
     for name, build in builders.items():
         model, params, routed = build()
@@ -105,7 +111,8 @@ def main() -> None:
         for name, step in steps.items():
             times[name].append(step())
     tokens_per_s = {name: BATCH * LENGTH / statistics.median(values) for name, values in times.items()}
-    ratios = {name: value / tokens_per_s["peft_lora"] for name, value in tokens_per_s.items()}
+    reference = tokens_per_s.get("peft_lora", float("nan"))
+    ratios = {name: value / reference for name, value in tokens_per_s.items()}
     result = {"tokens_per_s": {k: round(v, 1) for k, v in tokens_per_s.items()},
               "ratio_to_peft_lora": {k: round(v, 3) for k, v in ratios.items()},
               "trainable_params": trainable, "batch": [BATCH, LENGTH], "rounds": args.rounds,

@@ -98,6 +98,9 @@ def experiment(config: Annotated[Path, typer.Argument(help="experiment YAML file
     from alter.experiment.config import load_experiment
     from alter.experiment.runner import run_experiment
 
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise typer.BadParameter("alter experiment runs on one process; launch `alter train` under torchrun "
+                                 "to train one system on several (docs/scaling.md)")
     cfg = load_experiment(config, set_ or [])
     results = run_experiment(cfg, only.split(",") if only else None)
     table = Table(title=f"{cfg.output_dir} (0-100, mean over seeds {cfg.seeds})")
