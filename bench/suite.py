@@ -6,7 +6,9 @@ Each benchmark runs in its own process, so that its peak memory (resident set si
 own: bench/train_step.py (training tokens/s of MTA stage 1, stage 2, PEFT LoRA and full
 fine-tuning, interleaved, and each method alone for its memory), bench/inference.py
 (single-task, mixed-task, task-by-task and PEFT mixed-adapter batches) and `alter train
-bench/ddp.yaml` on 1 process and under torchrun on 2 (the same global batch).
+bench/ddp.yaml` on 1 process and under torchrun on 2 (the same global batch). Each
+training method's FLOPs per step are set against this machine's measured matrix-multiply
+rate (bench/flops.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig
+
+from alter.backbones import resolve_backbone
+
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from flops import matmul_gflops, training_flops_per_token  # noqa: E402
+
 PYTHON = sys.executable
 ALTER = str(Path(sys.executable).with_name("alter"))
 METHODS = ["mta_stage1", "mta_stage2", "peft_lora", "full"]
@@ -107,6 +117,11 @@ def table(result: dict) -> str:
     lines.append(f"| stage 2 step time / stage 1 step time | {cost['per_step']:.3f} | |")
     lines.append(f"| stage 2 / stage 1 wall time with the quickstart's steps ({QUICKSTART_STEPS['stage2']} vs "
                  f"{QUICKSTART_STEPS['stage1']}) | {cost['quickstart_run']:.3f} | |")
+    rate = result["matmul_gflops"]
+    lines.append(f"| float32 matmul rate, 1024 x 1024, this machine | {rate:.1f} GFLOP/s | |")
+    for method, achieved in result["achieved_gflops"].items():
+        lines.append(f"| training GFLOP/s achieved, {method} | {achieved:.1f} | {achieved / rate:.0%} of the matmul "
+                     "rate |")
     one, two = result["processes"][1], result["processes"][2]
     lines.append(f"| training tokens/s, 1 process (2 threads) | {one['tokens_per_s']:.1f} | "
                  f"peak {one['peak_gib']:.2f} GiB |")
@@ -128,6 +143,11 @@ def main() -> None:
         infer, infer_peak = inference(args)
         ranks = processes(args, Path(scratch))
     trainable = speed["trainable_params"]
+    torch.set_num_threads(speed["threads"])
+    backbone_config = AutoConfig.from_pretrained(resolve_backbone(args.backbone))
+    length = speed["batch"][1]
+    achieved = {method: training_flops_per_token(backbone_config, length, method) * speed["tokens_per_s"][method] / 1e9
+                for method in METHODS}
     stage1, stage2 = speed["tokens_per_s"]["mta_stage1"], speed["tokens_per_s"]["mta_stage2"]
     result = {
         "backbone": args.backbone, "rounds": args.rounds, "cpus": os.cpu_count(),
@@ -139,6 +159,9 @@ def main() -> None:
                         "quickstart_run": round(stage1 / stage2 * QUICKSTART_STEPS["stage2"]
                                                 / QUICKSTART_STEPS["stage1"], 4)},
         "processes": ranks,
+        "matmul_gflops": round(matmul_gflops(), 1),
+        "achieved_gflops": {k: round(v, 1) for k, v in achieved.items()},
+        "flops_per_token": {k: training_flops_per_token(backbone_config, length, k) for k in METHODS},
     }
     if args.json:
         print(json.dumps(result))
