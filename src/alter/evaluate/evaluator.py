@@ -34,7 +34,7 @@ def evaluate(model: MTAModel, eval_sets: dict[str, list[Example]], config: EvalC
 
 
 def compute_task_metrics(task: Task, predictions: list, examples: Sequence[Example]) -> dict[str, float]:
-    return compute(task.metrics, predictions, references_of(task, examples))
+    return compute(task.metrics, predictions, references_of(task, examples), task.spec.labels)
 
 
 def main_score(task: Task, metrics: dict[str, float]) -> float:

@@ -17,12 +17,12 @@ def accuracy(predictions: Sequence, references: Sequence) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(references, predictions))}
 
 
-def f1(predictions: Sequence, references: Sequence, positive: str | None = None) -> dict[str, float]:
-    labels = sorted(set(references) | set(predictions))
-    positive = positive or (labels[-1] if len(labels) == 2 else None)
-    if positive is None:
+def f1(predictions: Sequence, references: Sequence, labels: Sequence[str] | None = None) -> dict[str, float]:
+    """With two labels, the F1 of the positive one: the task's second label (GLUE's label 1:
+    mrpc's `equivalent`, qqp's `duplicate`), as GLUE reports it. Otherwise the macro F1."""
+    if labels is None or len(labels) != 2:
         return {"f1": float(f1_score(references, predictions, average="macro"))}
-    return {"f1": float(f1_score(references, predictions, pos_label=positive, average="binary"))}
+    return {"f1": float(f1_score(references, predictions, pos_label=labels[1], average="binary"))}
 
 
 def mcc(predictions: Sequence, references: Sequence) -> dict[str, float]:
@@ -66,12 +66,17 @@ METRICS: dict[str, Callable[..., dict[str, float]]] = {
 }
 
 
-def compute(names: Sequence[str], predictions: Sequence, references: Sequence) -> dict[str, float]:
+NEEDS_LABELS = {"f1"}  # metrics that must know the task's labels in order
+
+
+def compute(names: Sequence[str], predictions: Sequence, references: Sequence,
+            labels: Sequence[str] | None = None) -> dict[str, float]:
     """Every metric in `names`, each function run once even if it yields several names."""
     results: dict[str, float] = {}
     for name in names:
         if name not in METRICS:
             raise ValueError(f"unknown metric '{name}'; known: {', '.join(METRICS)}")
         if name not in results:
-            results.update(METRICS[name](predictions, references))
+            extra = {"labels": labels} if name in NEEDS_LABELS else {}
+            results.update(METRICS[name](predictions, references, **extra))
     return {name: results[name] for name in names}
