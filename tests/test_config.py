@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from alter.config import ConfigError, load_config
+from alter.experiment.config import load_experiment
 
 
 def write(tmp_path, text: str):
@@ -14,9 +17,18 @@ def write(tmp_path, text: str):
 
 
 def test_the_shipped_configs_load():
-    for name in ("configs/tiny.yaml", "configs/quickstart.yaml"):
+    for name in ("configs/tiny.yaml", "configs/quickstart.yaml", "bench/ddp.yaml"):
         config = load_config(name)
         assert config.stages[0].kind == "stage1"
+
+
+@pytest.mark.parametrize("name", sorted(str(path) for path in Path("configs").glob("*.yaml")
+                                        if "systems:" in path.read_text()))
+def test_every_system_of_the_shipped_experiments_is_a_valid_train_config(name, tmp_path):
+    experiment = load_experiment(name)
+    for system, settings in experiment.systems.items():
+        if settings.kind == "train":
+            experiment.train_config(system, experiment.seeds[0], tmp_path / system)
 
 
 def test_unknown_key_is_named(tmp_path):
