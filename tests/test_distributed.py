@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from alter.config import load_config
-from alter.train.distributed import Ranks
+from alter.distributed import Ranks
 from alter.train.run import run_training
 
 ALTER = str(Path(sys.executable).with_name("alter"))

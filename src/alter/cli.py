@@ -69,8 +69,8 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
     """Train the configured stages; resumes from the last checkpoint when run again.
 
     Under `torchrun --nproc_per_node N` (or `accelerate launch`) it trains on N processes."""
+    from alter import distributed
     from alter.config import load_config
-    from alter.train import distributed
     from alter.train.run import run_training
 
     cfg = load_config(config, set_ or [])

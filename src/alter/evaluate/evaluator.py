@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from alter.config import EvalConfig
 from alter.data.task import Example, Task
+from alter.distributed import SINGLE, Ranks
 from alter.evaluate.metrics import compute
 from alter.model import MTAModel
-from alter.train.distributed import SINGLE, Ranks
 
 
 def references_of(task: Task, examples: Sequence[Example]) -> list:

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from alter.config import StageConfig
 from alter.data.collate import Encoded
 from alter.data.mixture import batch_plan
+from alter.distributed import SINGLE, Ranks, no_sync, wrap
 from alter.model import MTAModel
 from alter.train.checkpoint import load_training_state, read_training_state, save_training_state
-from alter.train.distributed import SINGLE, Ranks, no_sync, wrap
 from alter.train.stages import prepare_stage
 
 

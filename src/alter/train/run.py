@@ -18,10 +18,10 @@ from alter.data.collate import Encoded
 from alter.data.mixture import mixture_rates
 from alter.data.registry import builtin_registry
 from alter.data.task import Example, Task, data_root
+from alter.distributed import pick_device, start
 from alter.evaluate.evaluator import evaluate, macro_average
 from alter.evaluate.report import build_report, write_report
 from alter.model import MTAModel
-from alter.train.distributed import pick_device, start
 from alter.train.loop import JsonlLog, StageData, train_stage
 
 log = logging.getLogger(__name__)
