@@ -1,9 +1,10 @@
-"""Training on 2 CPU processes (DDP over gloo), launched by torchrun as a user would."""
+"""Training on 2 CPU processes (DDP or FSDP over gloo), launched by torchrun as a user would."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,10 +12,11 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from alter.config import load_config
+from alter.config import ConfigError, load_config
 from alter.distributed import Ranks
 from alter.train.run import run_training
 
@@ -66,6 +68,24 @@ def test_two_processes_reach_the_weights_of_one(tmp_path):
     steps = [(r["stage"], r["step"]) for r in records if "loss" in r]
     assert len(steps) == len(set(steps))
     assert output.count("report: ") == 1
+
+
+def test_fsdp_shards_the_backbone_and_reaches_the_weights_of_one_process(tmp_path):
+    launched = torchrun(tmp_path / "fsdp", "distributed.strategy=fsdp")
+    output, _ = launched.communicate(timeout=300)
+    assert launched.returncode == 0, output
+    # tiny-llama: 2 decoder blocks, each rank holding half of their weights.
+    held, total = re.search(r"fsdp: 2 blocks sharded over 2 ranks; this rank holds ([\d,]+) of their ([\d,]+)",
+                            output).groups()
+    assert int(held.replace(",", "")) * 2 == int(total.replace(",", ""))
+    one_process(tmp_path / "one")
+    assert_close(weights(tmp_path / "fsdp"), weights(tmp_path / "one"))
+    assert output.count("report: ") == 1
+
+
+def test_fsdp_refuses_to_train_the_backbone():
+    with pytest.raises(ConfigError, match=r"stages.0.train_backbone: distributed.strategy fsdp"):
+        load_config("configs/tiny.yaml", ["distributed.strategy=fsdp", "stages.0.train_backbone=true"])
 
 
 def _checkpoint_step(out: Path) -> int:

@@ -114,6 +114,9 @@ class DistributedConfig(_Strict):
 
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
     timeout_s: int = Field(default=3600, ge=60)  # how long a rank waits for the others
+    # ddp: a whole model on every rank. fsdp: the frozen backbone's blocks sharded over the
+    # ranks (each holds 1/N of them), for a backbone that does not fit one device.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 class Config(_Strict):
@@ -131,6 +134,17 @@ class Config(_Strict):
         labels = [stage.label for stage in self.stages]
         if len(set(labels)) != len(labels):
             raise ValueError("stages: stage names must be unique (set `name:` on repeated kinds)")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_keeps_the_backbone_frozen(self) -> Config:
+        # FSDP here shards only frozen backbone weights; trained ones would need sharded
+        # gradients, optimizer state and checkpoints.
+        if self.distributed.strategy == "fsdp":
+            for index, stage in enumerate(self.stages):
+                if stage.train_backbone:
+                    raise ValueError(f"stages.{index}.train_backbone: distributed.strategy fsdp shards a frozen "
+                                     "backbone; to train the backbone's weights use strategy ddp")
         return self
 
 

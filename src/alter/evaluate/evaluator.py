@@ -22,14 +22,37 @@ def evaluate(model: MTAModel, eval_sets: dict[str, list[Example]], config: EvalC
     """{task: {metric: value}} on 0-1 scales; all tasks' examples predicted together (each
     process of a distributed run predicts its share)."""
     everything = [example for examples in eval_sets.values() for example in examples]
-    mine = model.predict(ranks.shard(everything), config.batch_size, config.max_new_tokens, config.num_beams)
-    predictions = ranks.unshard(mine, len(everything))
+    predictions = predict_shared(model, everything, config, ranks)
     results, start = {}, 0
     for name, examples in eval_sets.items():
         task = model.tasks[model.task_id(name)]
         values = [value for value, _ in predictions[start: start + len(examples)]]
         start += len(examples)
         results[name] = compute_task_metrics(task, values, examples)
+    return results
+
+
+def predict_shared(model: MTAModel, examples: Sequence[Example], config: EvalConfig,
+                   ranks: Ranks = SINGLE) -> list:
+    """Predictions in input order, each rank predicting its share.
+
+    Every rank gets as many examples of each kind (scored, generated) as every other, the
+    last of a kind repeated to fill: `predict` then runs the same number of batches on every
+    rank, which FSDP needs, since each forward pass gathers weights from all ranks."""
+    if not ranks.distributed:
+        return model.predict(examples, config.batch_size, config.max_new_tokens, config.num_beams)
+    by_kind: dict[bool, list[int]] = {}
+    for index, example in enumerate(examples):
+        generated = model.tasks[model.task_id(example.task)].kind == "generation"
+        by_kind.setdefault(generated, []).append(index)
+    # Each kind's indices, padded to a multiple of the ranks: rank::world takes equal shares.
+    order = [index for indices in by_kind.values()
+             for index in indices + [indices[-1]] * (-len(indices) % ranks.world_size)]
+    mine = model.predict([examples[index] for index in ranks.shard(order)], config.batch_size,
+                         config.max_new_tokens, config.num_beams)
+    results: list = [None] * len(examples)
+    for index, prediction in zip(order, ranks.unshard(mine, len(order))):
+        results[index] = prediction  # a repeated example's copies are the same prediction
     return results
 
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from alter.config import StageConfig
 from alter.data.collate import Encoded
 from alter.data.mixture import batch_plan
-from alter.distributed import SINGLE, Ranks, no_sync, wrap
+from alter.distributed import SINGLE, Ranks, finish_gradients, no_sync, wrap
 from alter.model import MTAModel
 from alter.train.checkpoint import load_training_state, read_training_state, save_training_state
 from alter.train.stages import prepare_stage
@@ -73,8 +73,9 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
                 seed: int, evaluate: Callable[[], float] | None = None, ranks: Ranks = SINGLE) -> StageResult:
     """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`.
 
-    On several processes (`ranks`), each runs its share of every global batch and DDP
-    averages the gradients; the main process alone writes checkpoints and logs.
+    On several processes (`ranks`), each runs its share of every global batch and the
+    gradients are averaged (by DDP, or by `finish_gradients` under FSDP); the main process
+    alone writes checkpoints and logs.
     """
     if stage.batch_size < ranks.world_size:
         raise ValueError(f"stage '{stage.label}': batch_size {stage.batch_size} is smaller than the "
@@ -119,7 +120,7 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
                 rows = ranks.shard(batch)
                 with no_sync(engine, accumulating=micro < stage.grad_accum - 1):
                     losses = engine(rows)  # (b,) this rank's rows
-                    # The mean over the global batch: DDP averages over ranks, so each rank
+                    # The mean over the global batch: ranks' gradients are averaged, so each rank
                     # scales its sum by world_size / global batch size.
                     share = losses.sum() * ranks.world_size / (len(batch) * stage.grad_accum)
                     share.backward()
@@ -127,6 +128,7 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
                 tokens += sum(len(row.input_ids) for row in batch)
                 for row, value in zip(rows, losses.detach().tolist()):
                     task_losses[row.task_id] += torch.tensor([value, 1.0])
+            finish_gradients(engine, params, ranks)
             step_loss = ranks.sum(local_loss).item()
             if stage.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm)

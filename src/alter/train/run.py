@@ -18,7 +18,7 @@ from alter.data.collate import Encoded
 from alter.data.mixture import mixture_rates
 from alter.data.registry import builtin_registry
 from alter.data.task import Example, Task, data_root
-from alter.distributed import pick_device, start
+from alter.distributed import pick_device, place, start
 from alter.evaluate.evaluator import evaluate, macro_average
 from alter.evaluate.report import build_report, write_report
 from alter.model import MTAModel
@@ -88,7 +88,7 @@ def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any]
     tasks = load_tasks(config)
     train_sets = load_split(config, tasks, config.data.train_split, training=True)
     eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
-    model = build(config.model, tasks).to(device)
+    model = place(build(config.model, tasks), device, ranks, config.distributed.strategy)
     journal = JsonlLog(out / "log.jsonl", enabled=ranks.is_main)
 
     def evaluate_once(path: Path, what: str) -> dict[str, dict[str, float]]:
