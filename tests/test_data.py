@@ -9,7 +9,7 @@ import pytest
 from alter.data.mixture import batch_plan, mixture_rates
 from alter.data.readers import DataError
 from alter.data.registry import TaskNotFoundError, TaskRegistry, builtin_registry
-from alter.data.task import TaskSpec, data_root
+from alter.data.task import Example, TaskSpec, data_root
 
 
 def test_builtin_tasks_read_the_shared_data(registry):
@@ -99,3 +99,11 @@ def test_batch_plan_is_fixed_by_the_seed_and_groups_lengths():
         for task, _ in batch:
             counts[task] += 1
     assert abs(counts[0] - counts[1]) < 20
+
+
+def test_candidate_distribution_is_one_hot_for_labels_and_splits_scores_between_bins(registry):
+    sst2, stsb = registry.get("sst2"), registry.get("stsb")
+    assert sst2.candidate_distribution(Example("sst2", {}, "positive")) == [0.0, 1.0]
+    assert stsb.candidate_distribution(Example("stsb", {}, 3.2)) == pytest.approx([0, 0, 0, 0.8, 0.2, 0])
+    assert stsb.candidate_distribution(Example("stsb", {}, 5.0)) == [0, 0, 0, 0, 0, 1.0]
+    assert stsb.candidate_distribution(Example("stsb", {}, 0.0)) == [1.0, 0, 0, 0, 0, 0]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alter.config import StageConfig
-from alter.data.collate import Encoded
+from alter.data.collate import IGNORE, Encoded
 from alter.data.task import Example
 from alter.model import MTAModel
 from alter.train.stages import prepare_stage
@@ -96,7 +96,7 @@ def test_scoring_after_a_shared_prefix_equals_scoring_every_candidate(registry, 
         prefix, tokens = model.head.candidate_split(model.tasks[0], model.tokenizer)
         assert prefix and len(tokens) == 6
     fast = model.predict(examples)
-    monkeypatch.setattr(type(model.head), "candidate_split", lambda self, task, tokenizer: None)
+    monkeypatch.setattr(type(model.head), "cached_split", lambda self, task, tokenizer: None)
     slow = model.predict(examples)
     for (value, scores), (expected, expected_scores) in zip(fast, slow):
         if isinstance(value, float):
@@ -104,3 +104,19 @@ def test_scoring_after_a_shared_prefix_equals_scoring_every_candidate(registry, 
         else:
             assert value == expected
         assert list(scores.values()) == pytest.approx(list(expected_scores.values()), abs=1e-4)
+
+
+def test_training_ranks_candidates_at_the_token_after_their_shared_prefix(registry, samples):
+    """stsb's bins " 0" .. " 5" differ only after a shared space token: the rank-classification
+    loss reads that token, and a score is split between its two nearest bins."""
+    model = MTAModel(model_config("tiny-llama"), [registry.get("stsb")])
+    prefix, tokens = model.head.cached_split(model.tasks[0], model.tokenizer)
+    for example in samples["stsb"]:
+        row = model.encode([example])[0]
+        assert row.choices == tokens and row.choice_offset == len(prefix) > 0
+        target = [token for token in row.labels if token != IGNORE]
+        assert target[: len(prefix)] == prefix and target[len(prefix)] in tokens
+        assert sum(row.answer) == pytest.approx(1.0)
+        assert sum(p * score for score, p in enumerate(row.answer)) == pytest.approx(example.target)
+    losses = model(model.encode(samples["stsb"]))  # (B,)
+    assert losses.shape == (len(samples["stsb"]),) and torch.isfinite(losses).all()

@@ -56,7 +56,7 @@ class LMHead(DeviceAware):
                             "encoder: use model.head=classifier")
         self.seq2seq = bool(backbone_config.is_encoder_decoder)
         self.config = config
-        self._choices: dict[str, list[int] | None] = {}  # per task, tokenized once
+        self._splits: dict[str, tuple[list[int], list[int]] | None] = {}  # per task, tokenized once
 
     @staticmethod
     def auto_class(backbone_config: PretrainedConfig) -> type:
@@ -69,19 +69,21 @@ class LMHead(DeviceAware):
             return Encoded(task_id, prompt, truncated=truncated)
         target_ids = encode_target(tokenizer, task.target_text(example), self.config.max_target_length,
                                    not self.seq2seq, end=task.kind == "generation")
-        choices = self.first_token_choices(task, tokenizer)
-        answer = task.candidates.index(task.target_text(example)) if choices else None
+        choice = {}
+        split = self.cached_split(task, tokenizer)
+        if split is not None:
+            choice = {"choices": split[1], "choice_offset": len(split[0]),
+                      "answer": task.candidate_distribution(example)}
         if self.seq2seq:
-            return Encoded(task_id, prompt, labels=target_ids, truncated=truncated, choices=choices, answer=answer)
+            return Encoded(task_id, prompt, labels=target_ids, truncated=truncated, **choice)
         return Encoded(task_id, prompt + target_ids, labels=[IGNORE] * len(prompt) + target_ids,
-                       truncated=truncated, choices=choices, answer=answer)
+                       truncated=truncated, **choice)
 
-    def first_token_choices(self, task: Task, tokenizer) -> list[int] | None:
-        """First token of each candidate word, when those are all different (else None)."""
-        if task.name not in self._choices:
-            firsts = [ids[0] for ids in self.candidate_ids(task, tokenizer)] if task.candidates else []
-            self._choices[task.name] = firsts if firsts and len(set(firsts)) == len(firsts) else None
-        return self._choices[task.name]
+    def cached_split(self, task: Task, tokenizer) -> tuple[list[int], list[int]] | None:
+        """`candidate_split`, computed once per task."""
+        if task.name not in self._splits:
+            self._splits[task.name] = self.candidate_split(task, tokenizer)
+        return self._splits[task.name]
 
     def collate(self, rows: Sequence[Encoded], tokenizer, side: str = "right") -> Batch:
         ids = [row.input_ids for row in rows]
@@ -92,7 +94,7 @@ class LMHead(DeviceAware):
         }
         if rows[0].labels is not None:
             batch["labels"] = pad([row.labels for row in rows], IGNORE, side)  # (B, T) or (B, T_target)
-            batch["choices"] = [(row.choices, row.answer) for row in rows]
+            batch["choices"] = [(row.choices, row.choice_offset, row.answer) for row in rows]
         # An input router pools over the prompt: the tokens that generation sees at prefill.
         prompt = batch["attention_mask"].clone()
         if "labels" in batch and not self.seq2seq:
@@ -133,8 +135,9 @@ class LMHead(DeviceAware):
 
     def losses(self, backbone: nn.Module, batch: Batch, tasks: Sequence[Task]) -> torch.Tensor:
         """Mean token loss of each row; (B,). A row with label words adds the loss of rank
-        classification (cross-entropy over its candidates' first tokens), the rule that
-        predicts, so that training pushes the right word above the others, not only up."""
+        classification (cross-entropy between its target over the candidates and the model's
+        distribution over the tokens that tell them apart), the rule that predicts, so that
+        training pushes the right word above the others, not only up."""
         with routed(batch):
             logits, targets, rows = self.target_logits(backbone, batch)
         size = batch["labels"].shape[0]
@@ -142,11 +145,11 @@ class LMHead(DeviceAware):
         count = torch.bincount(rows, minlength=size)  # (B,)
         loss = torch.zeros(size, device=logits.device).index_add(0, rows, token_loss) / count.clamp(min=1)  # (B,)
         first = torch.cumsum(count, 0) - count  # (B,) index of each row's first target position
-        for row, (choices, answer) in enumerate(batch["choices"]):
+        for row, (choices, offset, answer) in enumerate(batch["choices"]):
             if choices is not None:
-                choice_logits = logits[first[row], choices].float()  # (C,)
-                answer_index = torch.tensor([answer], device=logits.device)
-                loss[row] = loss[row] + F.cross_entropy(choice_logits[None], answer_index)
+                choice_logp = logits[first[row] + offset, choices].float().log_softmax(-1)  # (C,)
+                target = torch.tensor(answer, device=logits.device)  # (C,)
+                loss[row] = loss[row] - (target * choice_logp).sum()
         return loss
 
     # --- prediction ---------------------------------------------------------------------
@@ -177,7 +180,7 @@ class LMHead(DeviceAware):
         same for every candidate and cancels. Otherwise each prompt is repeated with each
         candidate appended and the summed log-likelihoods are compared (one batched pass).
         """
-        splits = {task_id: self.candidate_split(tasks[task_id], tokenizer) for task_id in {r.task_id for r in rows}}
+        splits = {task_id: self.cached_split(tasks[task_id], tokenizer) for task_id in {r.task_id for r in rows}}
         if all(split is not None for split in splits.values()):
             # The prefix is marked as target so that an input router pools over the prompt alone.
             extended = rows if self.seq2seq else [

@@ -54,9 +54,12 @@ class Encoded:
     labels: list[int] | None = None  # per token (text-to-text)
     target: int | float | None = None  # class index or score (classifier / regressor heads)
     truncated: bool = False
-    # Rank classification in training: first token of each candidate word, and the right one.
+    # Rank classification in training: the token that tells the candidate words apart, read
+    # `choice_offset` target tokens in (after a prefix they share), and the target as
+    # probabilities over the candidates.
     choices: list[int] | None = None
-    answer: int | None = None
+    choice_offset: int = 0
+    answer: list[float] | None = None
 
 
 def pad(rows: Sequence[list[int]], value: int, side: str = "right") -> torch.Tensor:

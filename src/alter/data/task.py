@@ -211,6 +211,23 @@ class Task:
             return str(int(round(min(max(example.target, low), high))))
         return example.target
 
+    def candidate_distribution(self, example: Example) -> list[float]:
+        """The target as probabilities over `candidates`: all on the label; a score split
+        between its two nearest bins, so that the expected value is the score itself."""
+        probs = [0.0] * len(self.candidates)
+        if self.kind != "regression":
+            probs[self.spec.labels.index(example.target)] = 1.0
+            return probs
+        bins = [float(word) for word in self.candidates]
+        value = min(max(float(example.target), bins[0]), bins[-1])
+        below = max(i for i, edge in enumerate(bins) if edge <= value)
+        if below == len(bins) - 1:
+            probs[below] = 1.0
+            return probs
+        share = (value - bins[below]) / (bins[below + 1] - bins[below])
+        probs[below], probs[below + 1] = 1.0 - share, share
+        return probs
+
     def from_candidate_probs(self, probs: list[float]) -> tuple[str | float, dict[str, float]]:
         """Probabilities over `candidates` -> (prediction, score of each label or bin)."""
         if self.kind == "regression":
