@@ -167,14 +167,22 @@ def _plot_convergence(out: Path, seed: int, runs: dict[str, dict[int, dict]], ta
                 curves.setdefault(task, {})[name] = points
     if not curves:
         return False
-    figure, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
-    for axis, (task, systems) in zip(axes[0], sorted(curves.items())):
+    # One colour per system in every panel (a panel's own colour cycle would give a system
+    # that lacks a task, such as the encoder on dialogsum, a different colour from panel to panel).
+    colours = {name: plt.get_cmap("tab10")(index % 10) for index, name in enumerate(runs)}
+    columns = min(3, len(curves))
+    rows = -(-len(curves) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False, layout="constrained")
+    for axis, (task, systems) in zip(axes.flat, sorted(curves.items())):
         for name, points in systems.items():
-            axis.plot(*zip(*points), label=name, linewidth=1.2)
+            axis.plot(*zip(*points), label=name, color=colours[name], linewidth=1.2)
         axis.set(title=task, xlabel="share of training", ylabel="training loss")
         axis.set_yscale("log")
-    axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
+    for axis in axes.flat[len(curves):]:
+        axis.set_visible(False)
+    shown = [name for name in runs if any(name in systems for systems in curves.values())]
+    handles = [plt.Line2D([], [], color=colours[name], linewidth=1.2) for name in shown]
+    figure.legend(handles, shown, loc="outside right center", fontsize=8)
     figure.savefig(target, dpi=110)
     plt.close(figure)
     return True
