@@ -69,17 +69,17 @@ def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], t
     columns = min(6, layers)
     rows = math.ceil(layers / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 0.4 * len(task_names) * rows + 1.2 * rows),
-                                squeeze=False)
+                                squeeze=False, layout="constrained")  # leaves room for the title and colour bar
     for index, axis in enumerate(axes.flat):
         if index >= layers:
             axis.axis("off")
             continue
-        axis.imshow(weights[index].numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        image = axis.imshow(weights[index].numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         axis.set_title(layer_names[index], fontsize=8)
         axis.set_yticks(range(len(task_names)), task_names if index % columns == 0 else [], fontsize=7)
         axis.set_xticks(range(weights.shape[2]), [str(k) for k in range(weights.shape[2])], fontsize=6)
     figure.suptitle("Gate weights: task (rows) x expert (columns)")
-    figure.tight_layout()
+    figure.colorbar(image, ax=axes, shrink=0.5, label="gate weight")
     figure.savefig(target, dpi=120)
     plt.close(figure)
     return True

@@ -175,7 +175,7 @@ def _plot_convergence(out: Path, seed: int, runs: dict[str, dict[int, dict]], ta
     figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False, layout="constrained")
     for axis, (task, systems) in zip(axes.flat, sorted(curves.items())):
         for name, points in systems.items():
-            axis.plot(*zip(*points), label=name, color=colours[name], linewidth=1.2)
+            axis.plot(*zip(*points), color=colours[name], linewidth=1.2)
         axis.set(title=task, xlabel="share of training", ylabel="training loss")
         axis.set_yscale("log")
     for axis in axes.flat[len(curves):]:
