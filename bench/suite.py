@@ -25,6 +25,7 @@ import torch
 from transformers import AutoConfig
 
 from alter.backbones import resolve_backbone
+from alter.config import load_config
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -33,7 +34,7 @@ from flops import matmul_gflops, training_flops_per_token  # noqa: E402
 PYTHON = sys.executable
 ALTER = str(Path(sys.executable).with_name("alter"))
 METHODS = ["mta_stage1", "mta_stage2", "peft_lora", "full"]
-QUICKSTART_STEPS = {"stage1": 150, "stage2": 6}  # configs/quickstart.yaml
+QUICKSTART_STEPS = {stage.kind: stage.steps for stage in load_config(HERE.parent / "configs/quickstart.yaml").stages}
 
 
 def run(command: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
