@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from alter.cli import app
 from alter.config import load_config
 from alter.train import loop
+from alter.train.resume import resume_conflict
 from alter.train.run import run_training
 
 runner = CliRunner()
@@ -110,6 +111,27 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_changed_config_does_not_resume_another_run(finished):
+    out = finished[0].output_dir
+    result = runner.invoke(app, ["train", "configs/tiny.yaml", "--set", f"output_dir={out}",
+                                 "--set", "model.mta.rank=4", "--set", "stages.0.steps=6"])
+    assert result.exit_code == 2, result.output
+    assert f"{out} holds a run of another config" in result.output
+    assert "model.mta.rank: 8 -> 4" in result.output and "stages.0.steps: 12 -> 6" in result.output
+    assert "Traceback" not in result.output
+    assert load_config(Path(out) / "config.yaml").model.mta.rank == 8  # the folder's record is kept
+
+
+def test_evaluation_settings_and_added_stages_may_change_on_resume(finished):
+    config = finished[0]
+    same_run = config.model_copy(update={"eval": config.eval.model_copy(update={"batch_size": 2}),
+                                         "stages": [*config.stages, config.stages[-1].model_copy(
+                                             update={"name": "stage2b"})]})
+    assert resume_conflict(Path(config.output_dir), same_run) is None
+    fewer = config.model_copy(update={"stages": config.stages[:1]})
+    assert "stages: 2 -> 1" in resume_conflict(Path(config.output_dir), fewer)
 
 
 def test_predict_names_the_line_of_a_bad_request(finished, tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from alter.config import Config, ModelConfig
+from alter.config import Config, ConfigError, ModelConfig
 from alter.data.collate import Encoded
 from alter.data.mixture import mixture_rates
 from alter.data.registry import builtin_registry
@@ -23,6 +23,7 @@ from alter.evaluate.evaluator import evaluate, macro_average
 from alter.evaluate.report import build_report, write_report
 from alter.model import MTAModel
 from alter.train.loop import JsonlLog, StageData, train_stage
+from alter.train.resume import resume_conflict
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any]
     device = pick_device(config.device)
     ranks = start(config.distributed, device)
     out = Path(config.output_dir)
+    conflict = ranks.from_main(resume_conflict(out, config) if ranks.is_main else None)
+    if conflict:
+        raise ConfigError(conflict)
     if ranks.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
