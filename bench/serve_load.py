@@ -1,5 +1,5 @@
 """Load on `alter serve`: N concurrent clients on loopback for a fixed time, with dynamic
-batching on and then off; requests/s, p50 and p99 latency, and errors.
+batching on and then off; requests/s, p50 and p99 latency (overall and per task), and errors.
 
     .venv/bin/python bench/serve_load.py CHECKPOINT [--clients 16] [--seconds 30] [--json]
 
@@ -59,7 +59,7 @@ def start_server(checkpoint: Path, port: int, batching: bool) -> subprocess.Pope
 
 
 async def load(port: int, requests: list[dict], clients: int, seconds: float) -> dict:
-    latencies: list[float] = []
+    latencies: list[tuple[str, float]] = []  # (task, seconds) of every answered request
     errors = 0
     stop_at = time.perf_counter() + seconds
 
@@ -67,7 +67,8 @@ async def load(port: int, requests: list[dict], clients: int, seconds: float) ->
         nonlocal errors
         turn = index
         while time.perf_counter() < stop_at:
-            body = {"requests": [requests[turn % len(requests)]]}
+            item = requests[turn % len(requests)]
+            body = {"requests": [item]}
             turn += clients
             started = time.perf_counter()
             try:
@@ -76,7 +77,7 @@ async def load(port: int, requests: list[dict], clients: int, seconds: float) ->
             except httpx.HTTPError:
                 ok = False
             if ok:
-                latencies.append(time.perf_counter() - started)
+                latencies.append((item["task"], time.perf_counter() - started))
             else:
                 errors += 1
 
@@ -84,14 +85,18 @@ async def load(port: int, requests: list[dict], clients: int, seconds: float) ->
     async with httpx.AsyncClient(timeout=600) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
     elapsed = time.perf_counter() - began
-    ordered = sorted(latencies)
+    ordered = sorted(seconds for _, seconds in latencies)
+    tasks = sorted({task for task, _ in latencies})
+    return {"requests_per_s": round(len(latencies) / elapsed, 2), "p50_ms": quantile_ms(ordered, 0.50),
+            "p99_ms": quantile_ms(ordered, 0.99), "mean_ms": round(1000 * statistics.fmean(ordered), 1)
+            if ordered else None, "answered": len(latencies), "errors": errors, "seconds": round(elapsed, 1),
+            "p50_ms_by_task": {task: quantile_ms(sorted(s for t, s in latencies if t == task), 0.50)
+                               for task in tasks}}
 
-    def quantile(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
-    return {"requests_per_s": round(len(latencies) / elapsed, 2), "p50_ms": round(1000 * quantile(0.50), 1),
-            "p99_ms": round(1000 * quantile(0.99), 1), "mean_ms": round(1000 * statistics.fmean(ordered), 1)
-            if ordered else None, "answered": len(latencies), "errors": errors, "seconds": round(elapsed, 1)}
+def quantile_ms(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted seconds, in milliseconds (NaN when there are none)."""
+    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else float("nan")
 
 
 def main() -> None:
@@ -120,6 +125,7 @@ def main() -> None:
     print(f"{'setting':<14} {'requests/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, row in results.items():
         print(f"{name:<14} {row['requests_per_s']:>10} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['errors']:>7}")
+        print(f"{'':<14} p50 ms by task: {json.dumps(row['p50_ms_by_task'])}")
 
 
 if __name__ == "__main__":
