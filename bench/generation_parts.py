@@ -21,24 +21,12 @@ import time
 from collections.abc import Sequence
 
 import torch
-from inference import NEW_TOKENS, build_model, by_task, requests  # bench/ is the script's folder
+from inference import NEW_TOKENS, build_model, by_task, generator, requests  # bench/ is the script's folder
 from torch.profiler import ProfilerActivity, profile
 
 from alter.data.collate import Encoded
-from alter.mta.routing import routing
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
-
-
-CACHE: str | None = None  # transformers' `cache_implementation`; None is its dynamic cache
-
-
-def generate(model, rows: Sequence[Encoded], new_tokens: int) -> None:
-    batch = model.head.collate(rows, model.tokenizer, side="left")
-    with torch.no_grad(), routing(batch["task_ids"], batch["pool_masks"]):
-        model.backbone.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                pad_token_id=model.tokenizer.pad_token_id, cache_implementation=CACHE)
 
 
 def seconds(run, rounds: int) -> float:
@@ -57,12 +45,13 @@ def matmul_seconds(run) -> float:
     return sum(event.self_cpu_time_total for event in prof.key_averages() if event.key in MATMUL_OPS) / 1e6
 
 
-def parts(model, rows: Sequence[Encoded], steps: int, rounds: int) -> dict[str, float]:
+def parts(model, rows: Sequence[Encoded], steps: int, rounds: int, cache: str | None) -> dict[str, float]:
     """Prefill seconds, and seconds and matmul seconds per decoding step, for one batch."""
-    prefill = seconds(lambda: generate(model, rows, 1), rounds)
-    longer = seconds(lambda: generate(model, rows, 1 + steps), rounds)
-    matmul = matmul_seconds(lambda: generate(model, rows, 1 + steps)) - matmul_seconds(lambda: generate(model, rows, 1))
-    return {"prefill_s": prefill, "step_s": (longer - prefill) / steps, "step_matmul_s": matmul / steps}
+    first_token, longer = generator(model, rows, 1, cache), generator(model, rows, 1 + steps, cache)
+    prefill = seconds(first_token, rounds)
+    step = (seconds(longer, rounds) - prefill) / steps
+    matmul = (matmul_seconds(longer) - matmul_seconds(first_token)) / steps
+    return {"prefill_s": prefill, "step_s": step, "step_matmul_s": matmul}
 
 
 def main() -> None:
@@ -74,16 +63,14 @@ def main() -> None:
     parser.add_argument("--cache", choices=["static"], help="transformers' cache_implementation (default: dynamic)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
-    global CACHE
-    CACHE = args.cache
     torch.manual_seed(0)
     model = build_model(args.backbone)
     rows = requests(model)
-    mixed = parts(model, rows, args.steps, args.rounds)
-    groups = [parts(model, group, args.steps, args.rounds) for group in by_task(rows)]
+    mixed = parts(model, rows, args.steps, args.rounds, args.cache)
+    groups = [parts(model, group, args.steps, args.rounds, args.cache) for group in by_task(rows)]
     by_length = sorted(rows, key=lambda row: len(row.input_ids))
-    bucketed_prefill = seconds(lambda: [generate(model, by_length[i: i + 4], 1) for i in range(0, len(rows), 4)],
-                               args.rounds)
+    buckets = [generator(model, by_length[i: i + 4], 1, args.cache) for i in range(0, len(rows), 4)]
+    bucketed_prefill = seconds(lambda: [run() for run in buckets], args.rounds)
     decode_steps = NEW_TOKENS - 1  # the prefill yields the first token
     task_by_task = sum(g["prefill_s"] for g in groups) + decode_steps * sum(g["step_s"] for g in groups)
     four_row_step = statistics.mean(g["step_s"] for g in groups)

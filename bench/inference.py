@@ -65,14 +65,17 @@ def scorer(model: MTAModel, rows: list[Encoded]) -> Callable[[], None]:
     return run
 
 
-def generator(model: MTAModel, rows: list[Encoded]) -> Callable[[], None]:
+def generator(model: MTAModel, rows: list[Encoded], new_tokens: int = NEW_TOKENS,
+              cache: str | None = None) -> Callable[[], None]:
+    """Greedy generation of exactly `new_tokens` per row; `cache` is transformers'
+    `cache_implementation` (None: its dynamic cache)."""
     batch = model.head.collate(rows, model.tokenizer, side="left")
 
     def run() -> None:
         with torch.no_grad(), routing(batch["task_ids"], batch["pool_masks"]):
             model.backbone.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                    pad_token_id=model.tokenizer.pad_token_id)
+                                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                    pad_token_id=model.tokenizer.pad_token_id, cache_implementation=cache)
 
     return run
 
