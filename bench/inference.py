@@ -43,7 +43,7 @@ def build_model(backbone: str) -> MTAModel:
     with torch.no_grad():  # experts that compute something, as after training
         for param in model.param_groups()["experts"].values():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-    model.start_collaboration(0.8)
+    model.start_collaboration("softmax", 0.8)
     return model
 
 

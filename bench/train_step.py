@@ -38,7 +38,7 @@ def mta_model(location: str, stage: str) -> tuple[torch.nn.Module, list[torch.nn
     layers = inject_mta(model, config, TASKS, torch.arange(TASKS))
     if stage == "stage2":
         for layer in layers:
-            layer.gate.start_collaboration(0.8)
+            layer.gate.start_collaboration("softmax", 0.8)
         params = [p for layer in layers for p in layer.gate.parameters()]
     else:
         params = [p for layer in layers for p in layer.experts.parameters()]

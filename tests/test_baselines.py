@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from alter.baselines.bilstm import BiLSTMConfig, BiLSTMModel
-from alter.baselines.lead import lead
 from alter.config import ModelConfig, SharedLoraConfig, StageConfig
+from alter.evaluate.trivial import lead
 from alter.model import MTAModel
 from alter.mta import MTAConfig
 from alter.train.stages import prepare_stage

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from alter.cli import app
 from alter.config import ConfigError
 from alter.experiment.config import load_experiment
-from alter.experiment.runner import run_experiment
+from alter.experiment.runner import copy_shared_stages, run_experiment
 
 TINY = Path(__file__).parent.parent / "configs" / "experiment-tiny.yaml"
 SYSTEMS = {"mta", "mta_stage1", "mta_joint", "single_lora", "multi_lora", "multi_full", "encoder", "bilstm", "lead"}
@@ -93,3 +93,89 @@ def test_a_single_task_system_keeps_the_tasks_it_finished(finished, monkeypatch)
 
     monkeypatch.setattr("alter.experiment.runner.run_training", must_not_train)
     assert run_experiment(config)["systems"]["single_lora"] == results["systems"]["single_lora"]
+
+
+SEEDED = """
+output_dir: {out}
+seeds: [0, 1]
+base:
+  model: {{backbone: tiny-llama, max_source_length: 64, max_target_length: 16, mta: {{kind: bottleneck, rank: 4}}}}
+  data:
+    validation: 4
+    tasks:
+      - {{name: rte, max_train: 16, max_eval: 8}}
+      - {{name: qnli, train_split: dev, scored: false, max_train: 16}}
+      - {{name: stsb, max_train: 16, max_eval: 8}}
+  stages:
+    - {{kind: stage1, steps: 4, batch_size: 4, lr: 1.0e-3}}
+    - {{kind: stage2, steps: 2, batch_size: 4, lr: 1.0e-2}}
+  eval: {{batch_size: 8, before_training: false}}
+systems:
+  mta: {{}}
+  mta_stage1: {{kind: after_stage, of: mta, stage: stage1}}
+  softmax_gates:
+    seeds: [0]
+    starts_from: {{system: mta, stage: stage1}}
+    set:
+      stages:
+        - {{kind: stage1, steps: 4, batch_size: 4, lr: 1.0e-3}}
+        - {{kind: stage2, steps: 3, batch_size: 4, lr: 5.0e-2, collaboration: softmax}}
+  single_lora:
+    per_task: true
+    seeds: [0]
+    set:
+      model: {{mta: {{enabled: false}}, lora: {{r: 4, targets: [q_proj, v_proj]}}}}
+      stages: [{{kind: joint, steps: 6, batch_size: 4, lr: 1.0e-3}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seeded")
+    (out / "experiment.yaml").write_text(SEEDED.format(out=out))
+    config = load_experiment(out / "experiment.yaml")
+    return config, run_experiment(config), out
+
+
+def test_results_carry_seeds_paired_intervals_and_trivial_scores(seeded):
+    config, results, out = seeded
+    systems = results["systems"]
+    assert systems["mta"]["seeds"] == [0, 1] and systems["single_lora"]["seeds"] == [0]
+    assert {"macro", "macro_std", "seeds"} <= set(systems["mta"])
+    for name in ("mta_stage1", "softmax_gates", "single_lora"):
+        paired = systems[name]["paired_vs_mta"]
+        assert paired["tasks"] == ["rte", "stsb"], name  # the auxiliary qnli is never scored
+        low, high = paired["ci95"]
+        assert low <= paired["macro_diff"] <= high, name
+    assert results["stage2_gain"]["after"] == "mta_stage1"
+    assert results["trivial"]["rte"]["rule"].startswith("majority label")
+    assert "validation_macro" in systems["mta"]
+    assert "mta − system [95% CI]" in (out / "results.md").read_text()
+    single = json.loads((out / "seed0" / "single_lora" / "result.json").read_text())
+    assert set(single["per_task"]) == {"rte", "stsb"}
+
+
+def test_a_variant_starts_from_the_shared_stage_without_training_it_again(seeded):
+    _, _, out = seeded
+    variant, source = out / "seed0" / "softmax_gates", out / "seed0" / "mta"
+    for name in ("state.safetensors", "state.json"):
+        assert (variant / "stages" / "stage1" / "last" / name).read_bytes() == \
+            (source / "stages" / "stage1" / "last" / name).read_bytes()
+    stage1_lines = [line for line in (source / "log.jsonl").read_text().splitlines() if '"stage1"' in line]
+    assert (variant / "log.jsonl").read_text().splitlines()[: len(stage1_lines)] == stage1_lines
+    report = json.loads((variant / "report.json").read_text())
+    assert report["stages"]["stage2"]["steps"] == 3
+    assert not (out / "seed1" / "softmax_gates").exists()  # seed 0 only
+
+
+def test_a_variant_whose_shared_stage_differs_is_refused(seeded, tmp_path):
+    _, _, out = seeded
+    text = (out / "experiment.yaml").read_text().replace(
+        "        - {kind: stage1, steps: 4, batch_size: 4, lr: 1.0e-3}\n        - {kind: stage2, steps: 3",
+        "        - {kind: stage1, steps: 4, batch_size: 4, lr: 2.0e-3}\n        - {kind: stage2, steps: 3")
+    text = text.replace(f"output_dir: {out}", f"output_dir: {tmp_path}")
+    (tmp_path / "bad.yaml").write_text(text)
+    bad = load_experiment(tmp_path / "bad.yaml")
+    (tmp_path / "seed0" / "mta" / "stages").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"stages.0.lr: 0.001 -> 0.002"):
+        copy_shared_stages(bad, "softmax_gates", 0, tmp_path / "seed0" / "softmax_gates")

@@ -34,7 +34,7 @@ def test_lora_experts_merge_into_a_plain_model(registry, samples, tmp_path, back
     model = MTAModel(model_config(backbone, kind="lora", rank=4), [registry.get("sst2"), registry.get("stsb")]).eval()
     randomise_experts(model)
     if collaborating:  # learned task gates mix the experts
-        model.start_collaboration(0.6)
+        model.start_collaboration("softmax", 0.6)
     card = export_task(model, "stsb", tmp_path / "stsb")
     assert card["format"] == "transformers"
     examples = samples["stsb"][:3]

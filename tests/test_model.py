@@ -22,7 +22,7 @@ def test_save_then_load_gives_identical_logits_and_tokens(registry, samples, tmp
     tasks = [registry.get(name) for name in names]
     model = MTAModel(model_config(backbone, head, kind=kind), tasks).eval()
     randomise_experts(model)
-    model.start_collaboration(0.7)
+    model.start_collaboration("softmax", 0.7)
     examples = [e for name in names for e in samples[name][:3]]
     model.save(tmp_path / "model")
     loaded = MTAModel.load(tmp_path / "model")
@@ -43,7 +43,7 @@ def test_task_ids_follow_their_examples_under_beam_search(registry, samples, bac
     randomise_experts(model, seed=3)
     for param in model.param_groups()["experts"].values():
         param.data *= 10  # large enough to change greedy choices of a random model
-    model.start_collaboration(0.9)
+    model.start_collaboration("softmax", 0.9)
     text = samples["dialogsum"][0].inputs["dialogue"]
     # The same dialogue under two different task ids: only routing tells them apart.
     rows = model.encode([Example("dialogsum", {"dialogue": text}, None)])

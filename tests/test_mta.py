@@ -52,7 +52,7 @@ def test_mixed_task_batch_equals_single_task_batches(registry, samples, backbone
     tasks = tasks_for(registry, head)
     model = MTAModel(model_config(backbone, head, gate=gate), tasks).eval()
     randomise_experts(model)
-    model.start_collaboration(0.6)
+    model.start_collaboration("softmax", 0.6)
     examples = examples_for(samples, head)
     with torch.no_grad():
         mixed = model(model.encode(examples))
@@ -98,19 +98,39 @@ def test_stage2_trains_only_the_gates(registry, samples):
     assert any(not torch.equal(p, gates_before[n]) for n, p in trainable.items())
 
 
-def test_stage2_gates_start_near_the_assignment(registry):
+def test_softmax_stage2_gates_start_near_the_assignment(registry):
     model = MTAModel(model_config("tiny-llama"), tasks_for(registry, "lm"))
     weights = model.task_gate_weights()  # (L, tasks, K)
     assert torch.equal(weights[0], torch.eye(3))  # stage 1: one expert per task
-    model.start_collaboration(0.8)
+    model.start_collaboration("softmax", 0.8)
     weights = model.task_gate_weights()
     torch.testing.assert_close(weights.diagonal(dim1=1, dim2=2), torch.full((2, 3), 0.8))
+
+
+@pytest.mark.parametrize("backbone,head", FAMILIES[:3])
+@pytest.mark.parametrize("gate", ["task", "task+input"])
+def test_residual_stage2_starts_from_the_stage1_model(registry, samples, backbone, head, gate):
+    """Leaving stage 1 changes nothing at step 0, and the first step moves the other experts' weights."""
+    tasks = tasks_for(registry, head)
+    model = MTAModel(model_config(backbone, head, gate=gate), tasks).eval()
+    randomise_experts(model)
+    rows = model.encode(examples_for(samples, head))
+    with torch.no_grad():
+        stage1 = model(rows)
+    trainable = prepare_stage(model, StageConfig(kind="stage2"))
+    model.eval()
+    assert torch.equal(model(rows).detach(), stage1)
+    assert torch.equal(model.task_gate_weights()[0], torch.eye(len(tasks)))
+    model(rows).mean().backward()
+    logits = [param for name, param in trainable.items() if name.endswith("task_logits")]
+    off_own = ~torch.eye(len(tasks), dtype=torch.bool)
+    assert all(param.grad[off_own].abs().sum() > 0 for param in logits), "no gradient reaches the other experts"
 
 
 def test_top_k_and_shared_expert(registry, samples):
     tasks = tasks_for(registry, "lm")
     model = MTAModel(model_config("tiny-llama", num_experts=4, top_k=2, shared_expert=True), tasks)
-    model.start_collaboration(0.7)
+    model.start_collaboration("softmax", 0.7)
     weights = model.task_gate_weights()
     assert weights.shape == (2, 3, 4)
     assert ((weights > 0).sum(-1) == 2).all()

@@ -14,7 +14,7 @@ def predictor(registry):
     tasks = [registry.get(name) for name in ("sst2", "stsb", "dialogsum")]
     model = MTAModel(model_config("tiny-llama"), tasks)
     randomise_experts(model)
-    model.start_collaboration(0.7)
+    model.start_collaboration("softmax", 0.7)
     return Predictor(model, batch_size=4, max_new_tokens=6, num_beams=2)
 
 

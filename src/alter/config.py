@@ -47,6 +47,12 @@ class TaskRef(_Strict):
     # Train only on examples whose inputs hold at least this many words (e.g. SST-2's train
     # split is mostly short phrases, its dev split whole sentences).
     min_train_words: int | None = Field(default=None, ge=1)
+    # The split this task trains on, when not `data.train_split` (e.g. QNLI, whose train set
+    # is not here: its dev file serves as an auxiliary training set).
+    train_split: str | None = None
+    # An auxiliary task trains with the others but is never scored (its own dev examples may
+    # be what it trains on) and is left out of every macro average.
+    scored: bool = True
 
 
 class MixtureConfig(_Strict):
@@ -64,7 +70,14 @@ class DataConfig(_Strict):
     train_split: str = "train"
     eval_split: str = "dev"
     seed: int = 0  # which examples the caps keep
+    # Examples held out of each scored task's training split (never trained on): the scores
+    # that choose the best checkpoint (`eval_every`) and compare settings, so that nothing is
+    # tuned on the evaluation split.
+    validation: int | None = Field(default=None, ge=1)
     mixture: MixtureConfig = MixtureConfig()
+
+    def scored_tasks(self) -> list[str]:
+        return [ref.name for ref in self.refs() if ref.scored]
 
     def refs(self) -> list[TaskRef]:
         refs = [TaskRef(name=t) if isinstance(t, str) else t for t in self.tasks]
@@ -91,7 +104,13 @@ class StageConfig(_Strict):
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     train_backbone: bool = False
     train_heads: bool | None = None  # default: yes in stage1/joint, no in stage2
-    own_expert_weight: float = Field(default=0.8, gt=0, lt=1)  # stage2 gate start
+    mixture: MixtureConfig | None = None  # this stage's task rates, when not `data.mixture`
+    # How the gates leave the stage-1 assignment (stage2, joint; docs/results.md compares them).
+    # residual: each task keeps its own expert at weight 1 and learns additive weights on every
+    # expert, from 0, so the stage starts from the stage-1 model itself. softmax: softmax of
+    # learned logits, starting with `own_expert_weight` on the own expert, the rest spread.
+    collaboration: Literal["residual", "softmax"] = "residual"
+    own_expert_weight: float = Field(default=0.8, gt=0, lt=1)  # softmax start
     eval_every: int | None = Field(default=None, ge=1)
     save_every: int = Field(default=50, ge=1)
     log_every: int = Field(default=10, ge=1)
@@ -134,6 +153,16 @@ class Config(_Strict):
         labels = [stage.label for stage in self.stages]
         if len(set(labels)) != len(labels):
             raise ValueError("stages: stage names must be unique (set `name:` on repeated kinds)")
+        return self
+
+    @model_validator(mode="after")
+    def _top_k_needs_softmax_gates(self) -> Config:
+        if self.model.mta.top_k is None:
+            return self
+        for index, stage in enumerate(self.stages):
+            if stage.kind != "stage1" and stage.collaboration == "residual":
+                raise ValueError(f"stages.{index}.collaboration: model.mta.top_k selects experts of a softmax "
+                                 "gate; set collaboration: softmax")
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from alter.backbones import load_backbone, load_config
 from alter.config import ModelConfig
@@ -109,16 +110,19 @@ class MTAModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, examples: Sequence[Example], batch_size: int = 16, max_new_tokens: int = 48,
-                num_beams: int = 1) -> list[Prediction]:
-        """Predictions in input order: (label, scores) / (score, {}) / (text, {})."""
-        return self.predict_encoded(self.encode(examples, with_target=False), batch_size, max_new_tokens, num_beams)
+                num_beams: int = 1, progress: str | None = None) -> list[Prediction]:
+        """Predictions in input order: (label, scores) / (score, {}) / (text, {}). `progress`:
+        the label of a progress bar over the examples (none by default)."""
+        return self.predict_encoded(self.encode(examples, with_target=False), batch_size, max_new_tokens, num_beams,
+                                    progress)
 
     @torch.no_grad()
     def predict_encoded(self, rows: Sequence[Encoded], batch_size: int = 16, max_new_tokens: int = 48,
-                        num_beams: int = 1) -> list[Prediction]:
+                        num_beams: int = 1, progress: str | None = None) -> list[Prediction]:
         """`predict` on examples already encoded (without targets), any mix of tasks."""
         was_training = self.training
         self.eval()
+        bar = tqdm(total=len(rows), desc=progress, unit="ex", dynamic_ncols=True, disable=progress is None)
         results: list[Prediction | None] = [None] * len(rows)
         generating = [i for i, row in enumerate(rows) if self.tasks[row.task_id].kind == "generation"]
         scoring = [i for i, row in enumerate(rows) if self.tasks[row.task_id].kind != "generation"]
@@ -129,6 +133,8 @@ class MTAModel(nn.Module):
                 chunk = indices[start: start + batch_size]
                 for i, prediction in zip(chunk, run([rows[i] for i in chunk])):
                     results[i] = prediction
+                bar.update(len(chunk))
+        bar.close()
         self.train(was_training)
         return results  # type: ignore[return-value]
 
@@ -141,9 +147,10 @@ class MTAModel(nn.Module):
         return run
 
     # --- gates --------------------------------------------------------------------------
-    def start_collaboration(self, own_weight: float) -> None:
+    def start_collaboration(self, how: str = "residual", own_weight: float = 0.8) -> None:
+        """Gates leave the stage-1 assignment and learn (`TaskGate.start_collaboration`)."""
         for layer in self.mta_layers:
-            layer.gate.start_collaboration(own_weight)
+            layer.gate.start_collaboration(how, own_weight)
 
     @torch.no_grad()
     def task_gate_weights(self) -> torch.Tensor:
@@ -187,6 +194,9 @@ class MTAModel(nn.Module):
         missing = set(state) - set(self.state_dict())
         if missing:
             raise ValueError(f"{directory}: checkpoint holds weights this model lacks: {sorted(missing)[:3]}")
+        for name in self.state_dict():  # written before residual gates: softmax logits
+            if name.endswith("gate.residual") and name not in state:
+                state[name] = torch.tensor(False)
         self.load_state_dict(state, strict=False)
 
     @classmethod

@@ -70,7 +70,7 @@ class BiLSTMModel(nn.Module):
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         return {"experts": {}, "gates": {}, "adapters": {}, "heads": {}, "backbone": dict(self.named_parameters())}
 
-    def start_collaboration(self, own_weight: float) -> None:
+    def start_collaboration(self, how: str = "residual", own_weight: float = 0.8) -> None:
         """No gates to start."""
 
     def task_gate_weights(self) -> torch.Tensor:
@@ -158,7 +158,7 @@ class BiLSTMModel(nn.Module):
     # --- prediction ---------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, examples: Sequence[Example], batch_size: int = 16, max_new_tokens: int = 48,
-                num_beams: int = 1) -> list[Prediction]:
+                num_beams: int = 1, progress: str | None = None) -> list[Prediction]:
         """Predictions in input order; summaries are decoded greedily whatever `num_beams` says."""
         was_training = self.training
         self.eval()

@@ -81,6 +81,21 @@ BUILTIN_TASKS: list[TaskSpec] = [
             for split, hub_split in (("train", "train"), ("dev", "validation"))
         },
     ),
+    # Only QNLI's dev file is here (no train split): an auxiliary entailment set beside rte
+    # (`train_split: dev, scored: false` in configs/transfer.yaml), with rte's labels and words.
+    TaskSpec(
+        name="qnli", kind="classification", target="label",
+        inputs={"question": "question", "sentence": "sentence"},
+        template="Question: {question}\nSentence: {sentence}\nDoes the sentence answer the question? "
+                 "True or False?\nAnswer:",
+        labels=_ENTAILMENT["labels"], verbalizer=_ENTAILMENT["verbalizer"],
+        splits={
+            split: SplitSource(path=f"glue/QNLI/{split}.tsv", hub=HubSource(
+                path="nyu-mll/glue", name="qnli", split=hub_split,
+                label_map={"0": "entailment", "1": "not_entailment"}))
+            for split, hub_split in (("train", "train"), ("dev", "validation"))
+        },
+    ),
     TaskSpec(
         name="wnli", kind="classification", target="label", **_ENTAILMENT,
         label_map={"1": "entailment", "0": "not_entailment"},

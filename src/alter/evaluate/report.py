@@ -15,20 +15,30 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from alter.evaluate.evaluator import macro_average  # noqa: E402
+from alter.evaluate.trivial import shortfalls  # noqa: E402
 
 
-def markdown_table(tasks: Sequence, after: dict, before: dict | None) -> str:
-    lines = ["| task | metric | untrained | trained |", "|---|---|---|---|"] if before else [
-        "| task | metric | trained |", "|---|---|---|"]
+def markdown_table(tasks: Sequence, after: dict, before: dict | None, trivial: dict | None = None) -> str:
+    """Every task's metrics: untrained (if scored), trivial (majority label, training mean or
+    lead sentences, on the same examples) and trained."""
+    trivial = trivial or {}
+    columns = ["task", "metric", *(["untrained"] if before else []), *(["trivial"] if trivial else []), "trained"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    tasks = [task for task in tasks if task.name in after]  # auxiliary tasks are not scored
     for task in tasks:
         for metric, value in after[task.name].items():
             mark = " (main)" if metric == task.main_metric else ""
             cells = [task.name, metric + mark]
             if before:
                 cells.append(f"{100 * before[task.name][metric]:.1f}")
+            if trivial:
+                floor = trivial.get(task.name, {}).get("metrics", {}).get(metric)
+                cells.append("–" if floor is None else f"{100 * floor:.1f}")
             cells.append(f"{100 * value:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
     macro = [f"{macro_average(tasks, before):.1f}"] if before else []
+    if trivial:
+        macro.append(f"{macro_average(tasks, {name: t['metrics'] for name, t in trivial.items()}):.1f}")
     lines.append("| **macro** | main metrics | " + " | ".join([*macro, f"{macro_average(tasks, after):.1f}"]) + " |")
     return "\n".join(lines)
 
@@ -85,26 +95,42 @@ def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], t
     return True
 
 
-def build_report(model, after: dict, before: dict | None, stages: Sequence, eval_counts: dict[str, int],
-                 after_stage: dict[str, dict] | None = None) -> dict[str, Any]:
-    """The report as data: scores (after, before and between stages) and each stage's cost."""
+def build_report(model, final: dict, before: dict | None, stages: Sequence, eval_counts: dict[str, int],
+                 after_stage: dict[str, dict] | None = None, eval_seconds: dict[str, float] | None = None,
+                 trivial: dict[str, dict] | None = None) -> dict[str, Any]:
+    """The report as data: scores (after, before and between stages; `final` and each of
+    `after_stage` are {"metrics", "validation"}), each stage's cost and the evaluations' time."""
     tasks = model.tasks
+    after = final["metrics"]
+    stage_costs = {s.label: {"steps": s.steps, "trainable_params": s.trainable_params,
+                             "wall_seconds": round(s.wall_seconds, 2), "tokens_per_s": round(s.tokens_per_s, 1)}
+                   for s in stages}
     report: dict[str, Any] = {
         "backbone": model.config.backbone,
         "metrics": after,
         "macro": macro_average(tasks, after),
-        "main_metrics": {task.name: task.main_metric for task in tasks},
+        "main_metrics": {task.name: task.main_metric for task in tasks if task.name in after},
         "eval_examples": eval_counts,
-        "stages": {s.label: {"steps": s.steps, "trainable_params": s.trainable_params,
-                             "wall_seconds": round(s.wall_seconds, 2), "tokens_per_s": round(s.tokens_per_s, 1)}
-                   for s in stages},
+        "stages": stage_costs,
+        "train_seconds": round(sum(cost["wall_seconds"] for cost in stage_costs.values()), 2),
+        "eval_seconds": {name: round(seconds, 2) for name, seconds in (eval_seconds or {}).items()},
     }
+    if trivial is not None:
+        report["trivial"] = trivial
+        report["macro_trivial"] = macro_average(tasks, {name: t["metrics"] for name, t in trivial.items()})
+    report["shortfalls"] = shortfalls(tasks, after, trivial or {}, before)
+    if final.get("validation"):
+        report["validation"] = {"metrics": final["validation"], "macro": macro_average(tasks, final["validation"])}
     if before is not None:
         report["before_training"] = before
         report["macro_before_training"] = macro_average(tasks, before)
     if after_stage:  # scores of the model as it was after an earlier stage
-        report["after_stage"] = {label: {"metrics": metrics, "macro": macro_average(tasks, metrics)}
-                                 for label, metrics in after_stage.items()}
+        report["after_stage"] = {}
+        for label, scores in after_stage.items():
+            entry = {"metrics": scores["metrics"], "macro": macro_average(tasks, scores["metrics"])}
+            if scores.get("validation"):
+                entry["validation_macro"] = macro_average(tasks, scores["validation"])
+            report["after_stage"][label] = entry
     return report
 
 
@@ -125,8 +151,12 @@ def write_report(out: Path, model, report: dict[str, Any]) -> dict[str, Any]:
             f"| {label} | {s['steps']} | {s['trainable_params']:,} | {s['wall_seconds']} | {s['tokens_per_s']} |")
     markdown = [f"# Report: {model.config.backbone}", "", "Scores on a 0-100 scale; evaluation examples per task: "
                 + ", ".join(f"{k} {v}" for k, v in report["eval_examples"].items()), "",
-                markdown_table(tasks, report["metrics"], report.get("before_training")),
-                "", "## Stages", "", *stage_lines, ""]
+                markdown_table(tasks, report["metrics"], report.get("before_training"), report.get("trivial")), ""]
+    if report.get("shortfalls"):
+        markdown += ["**Not learned:**", "", *(f"- {line}" for line in report["shortfalls"]), ""]
+    markdown += ["## Stages", "", *stage_lines, "",
+                 f"Training {report['train_seconds']:.0f} s; evaluation "
+                 + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["eval_seconds"].items()) + ".", ""]
     markdown += [f"![{name}]({path})" for name, path in plots.items()]
     (out / "report.md").write_text("\n".join(markdown) + "\n")
     return report

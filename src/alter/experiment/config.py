@@ -16,6 +16,14 @@ from alter.baselines.bilstm import BiLSTMConfig
 from alter.config import Config, ConfigError, describe_errors, parse_config, read_yaml
 
 
+class StageSource(BaseModel):
+    """Another system's checkpoint after one of its stages, to start from."""
+
+    model_config = ConfigDict(extra="forbid")
+    system: str
+    stage: str
+
+
 class SystemConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,6 +41,10 @@ class SystemConfig(BaseModel):
     of: str | None = None  # after_stage: the system
     stage: str | None = None  # after_stage: the stage's name
     sentences: int = Field(default=2, ge=1)  # lead
+    # Start from another system's checkpoint after a stage they share (same model, data,
+    # seed and stages up to it), instead of training it again: variants of stage 2 share stage 1.
+    starts_from: StageSource | None = None
+    seeds: list[int] | None = None  # a subset of the experiment's seeds (default: all of them)
 
     @model_validator(mode="after")
     def _check_kind(self) -> SystemConfig:
@@ -52,6 +64,17 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="after")
     def _check_references(self) -> ExperimentConfig:
         for name, system in self.systems.items():
+            unknown = [seed for seed in system.seeds or [] if seed not in self.seeds]
+            if unknown:
+                raise ValueError(f"systems.{name}.seeds: {unknown} not among the experiment's seeds {self.seeds}")
+            if system.starts_from is not None:
+                source = self.systems.get(system.starts_from.system)
+                if source is None or source.kind != "train" or source.per_task or system.per_task:
+                    raise ValueError(f"systems.{name}.starts_from: '{system.starts_from.system}' is not a trained "
+                                     "system of this experiment (one model for all tasks)")
+                if source.starts_from is not None:
+                    raise ValueError(f"systems.{name}.starts_from: '{system.starts_from.system}' starts from "
+                                     "another system itself; name that one")
             if system.kind != "after_stage":
                 continue
             source = self.systems.get(system.of or "")
@@ -59,6 +82,9 @@ class ExperimentConfig(BaseModel):
                 raise ValueError(f"systems.{name}.of: '{system.of}' is not a trained system of this experiment "
                                  "(one model for all tasks)")
         return self
+
+    def system_seeds(self, name: str) -> list[int]:
+        return self.systems[name].seeds or self.seeds
 
     def train_config(self, name: str, seed: int, output_dir: Path, tasks: list[str] | None = None) -> Config:
         """The merged train config of system `name` (on `tasks`, default its own), validated."""

@@ -14,13 +14,48 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from alter.evaluate.predictions import read_predictions  # noqa: E402
 from alter.experiment.config import ExperimentConfig  # noqa: E402
+from alter.experiment.paired import excludes_zero, paired_bootstrap  # noqa: E402
 
 RESULTS_FILE = "results.json"
+REFERENCE = "mta"  # the system every other one is compared with, example by example
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _predictions(run_dir: Path, result: dict[str, Any]) -> dict[str, dict] | None:
+    """A run's per-example predictions {task: record}, or None for a run that kept none."""
+    paths = result.get("predictions")
+    if paths is None:
+        return None
+    named = paths if isinstance(paths, dict) else {None: paths}
+    records: dict[str, dict] = {}
+    for task, path in named.items():
+        if not (run_dir / path).exists():
+            return None
+        found = read_predictions(run_dir / path)
+        records.update(found if task is None else {task: found[task]})
+    return records
+
+
+def _paired(runs: dict[str, dict[int, dict[str, Any]]], out: Path, reference: str) -> dict[str, dict]:
+    """Every system's paired bootstrap against the reference system, on the tasks both have."""
+    kept = {name: [_predictions(out / f"seed{seed}" / name, result) for seed, result in seeds.items()]
+            for name, seeds in runs.items()}
+    kept = {name: records for name, records in kept.items() if records and all(r is not None for r in records)}
+    if reference not in kept:
+        return {}
+    paired = {}
+    for name, records in kept.items():
+        if name == reference:
+            continue
+        tasks = [task for task in kept[reference][0] if all(task in run for run in records)]
+        if tasks:
+            paired[name] = paired_bootstrap(kept[reference], records, tasks)
+    return paired
 
 
 def aggregate(runs: dict[int, dict[str, Any]], main_metrics: dict[str, str]) -> dict[str, Any]:
@@ -35,9 +70,13 @@ def aggregate(runs: dict[int, dict[str, Any]], main_metrics: dict[str, str]) -> 
             tasks[task][metric], spread[task][metric] = round(mean, 2), round(std, 2)
     macro, macro_std = _mean_std([run["macro"] for run in runs.values()])
     seconds, _ = _mean_std([run["train_seconds"] for run in runs.values()])
+    eval_seconds, _ = _mean_std([run.get("eval_seconds", 0.0) for run in runs.values()])
+    validation = [run["validation_macro"] for run in runs.values() if "validation_macro" in run]
     return {
         "macro": round(macro, 2), "macro_std": round(macro_std, 2),
-        "train_seconds": round(seconds, 1), "trainable_params": first["trainable_params"],
+        **({"validation_macro": round(statistics.fmean(validation), 2)} if len(validation) == len(runs) else {}),
+        "train_seconds": round(seconds, 1), "eval_seconds": round(eval_seconds, 1),
+        "trainable_params": first["trainable_params"], "eval_examples": first.get("eval_examples", {}),
         "tasks": tasks, "tasks_std": spread, "seeds": sorted(runs),
         "main_metrics": {task: main_metrics[task] for task in tasks},
     }
@@ -47,7 +86,7 @@ def write_results(config: ExperimentConfig, out: Path) -> dict[str, Any]:
     """Read every finished system's result of every seed; write the table and plots."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for name in config.systems:
-        for seed in config.seeds:
+        for seed in config.system_seeds(name):
             path = out / f"seed{seed}" / name / "result.json"
             if path.exists():
                 runs.setdefault(name, {})[seed] = json.loads(path.read_text())
@@ -58,8 +97,14 @@ def write_results(config: ExperimentConfig, out: Path) -> dict[str, Any]:
         if common and all(task in result["tasks"] for task in common):
             scores = [result["tasks"][task][result["main_metrics"][task]] for task in common]
             result["macro_classification"] = round(statistics.fmean(scores), 2)
+    for name, paired in _paired(runs, out, REFERENCE).items():
+        systems[name][f"paired_vs_{REFERENCE}"] = paired
     results = {"scale": "0-100", "seeds": config.seeds, "main_metrics": main_metrics,
-               "classification_tasks": common, "systems": systems}
+               "classification_tasks": common, "reference": REFERENCE, "trivial": _trivial(out), "systems": systems}
+    stage2 = [name for name, system in config.systems.items()
+              if system.kind == "after_stage" and system.of == REFERENCE and name in systems]
+    if stage2 and f"paired_vs_{REFERENCE}" in systems[stage2[0]]:
+        results["stage2_gain"] = {"of": REFERENCE, "after": stage2[0], **systems[stage2[0]][f"paired_vs_{REFERENCE}"]}
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     plots = _plots(config, out, runs)
@@ -79,6 +124,17 @@ def _main_metrics(config: ExperimentConfig, out: Path, runs: dict[str, dict[int,
     return found
 
 
+def _trivial(out: Path) -> dict[str, dict]:
+    """Each task's trivial score (0-100) on the evaluation examples, as the training reports
+    recorded it: {task: {"metrics": {...}, "rule": ...}}."""
+    found: dict[str, dict] = {}
+    for path in sorted(out.glob("seed*/**/report.json")):
+        for task, trivial in json.loads(path.read_text()).get("trivial", {}).items():
+            found.setdefault(task, {"metrics": {k: round(100 * v, 2) for k, v in trivial["metrics"].items()},
+                                    "rule": trivial["rule"]})
+    return found
+
+
 def _classification_tasks(systems: dict[str, dict], main_metrics: dict[str, str]) -> list[str]:
     """Tasks scored by a label or a number (not ROUGE), when there are summaries too: a
     like-for-like average for the systems that cannot summarise."""
@@ -87,45 +143,74 @@ def _classification_tasks(systems: dict[str, dict], main_metrics: dict[str, str]
     return scored if len(scored) < len(tasks) else []
 
 
+def _difference(paired: dict[str, Any] | None) -> str:
+    """`+1.2 [0.3, 2.1]`, in bold where the interval excludes zero."""
+    if paired is None:
+        return "–"
+    low, high = paired["ci95"]
+    text = f"{paired['macro_diff']:+.1f} [{low:+.1f}, {high:+.1f}]"
+    return f"**{text}**" if excludes_zero(paired) else text
+
+
 def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     systems = results["systems"]
+    reference = results.get("reference", REFERENCE)
+    trivial = results.get("trivial", {})
     tasks = list(dict.fromkeys(task for result in systems.values() for task in result["tasks"]))
-    several = len(results["seeds"]) > 1
+    examples = {task: count for result in systems.values() for task, count in result.get("eval_examples", {}).items()}
 
     def cell(result: dict, task: str) -> str:
         if task not in result["tasks"]:
             return "–"
         metric = result["main_metrics"][task]
-        value = f"{result['tasks'][task][metric]:.1f}"
-        return value + (f" ± {result['tasks_std'][task][metric]:.1f}" if several else "")
+        mean = result["tasks"][task][metric]
+        value = f"{mean:.1f}" + (f" ± {result['tasks_std'][task][metric]:.1f}" if len(result["seeds"]) > 1 else "")
+        floor = trivial.get(task, {}).get("metrics", {}).get(metric)
+        return value + (" †" if floor is not None and mean <= floor + 1e-9 else "")
 
-    header = ["system", *(f"{task} ({results['main_metrics'][task]})" for task in tasks), "macro"]
+    header = ["system", "seeds", *(f"{task} ({results['main_metrics'][task]}, {examples.get(task, '?')})"
+                                   for task in tasks), "macro"]
     if results["classification_tasks"]:
         header.append("macro (classification)")
-    header += ["trainable params", "train time (s)"]
+    header += [f"{reference} − system [95% CI]", "trainable params", "train (s)", "eval (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in systems.items():
+        several = len(result["seeds"]) > 1
         macro = f"{result['macro']:.1f}" + (f" ± {result['macro_std']:.1f}" if several else "")
-        cells = [name, *(cell(result, task) for task in tasks), macro]
+        cells = [name, str(len(result["seeds"])), *(cell(result, task) for task in tasks), macro]
         if results["classification_tasks"]:
             cells.append(f"{result['macro_classification']:.1f}" if "macro_classification" in result else "–")
-        cells += [f"{result['trainable_params']:,}", f"{result['train_seconds']:.0f}"]
+        cells += [_difference(result.get(f"paired_vs_{reference}")), f"{result['trainable_params']:,}",
+                  f"{result['train_seconds']:.0f}", f"{result.get('eval_seconds', 0):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = ", ".join(str(seed) for seed in results["seeds"])
-    text = ["# Results", "", f"Scores on a 0-100 scale, mean over seeds {seeds}"
-            + (" (± standard deviation)" if several else "") + ". Macro: the mean of each task's main metric "
-            "over the tasks a system has.", "", *lines, ""]
+    if trivial:
+        floors = [f"{trivial[task]['metrics'][results['main_metrics'][task]]:.1f}" if task in trivial else "–"
+                  for task in tasks]
+        lines.append("| trivial | – | " + " | ".join(floors) + " |" + " |" * (len(header) - 2 - len(tasks)))
+    text = ["# Results", "",
+            "Scores on a 0-100 scale: mean over each system's seeds (± standard deviation when it has "
+            "several); after each task, its main metric and number of evaluation examples. Macro: the mean "
+            "of each task's main metric over the tasks a system has. "
+            f"`{reference} − system`: {reference}'s macro minus the system's on the tasks both have, seeds "
+            "pooled, with a 95% paired bootstrap interval over the evaluation examples (the same resamples "
+            "for both); **bold** where the interval excludes zero."
+            + (" † marks a score not above the task's trivial score (the last row: "
+               + ", ".join(sorted({t["rule"].split(" (")[0] for t in trivial.values()})) + ", on the same examples)."
+               if trivial else ""), "", *lines, ""]
+    gain = results.get("stage2_gain")
+    if gain:
+        text += [f"Stage 2's gain ({gain['of']} minus {gain['after']}): {_difference(gain)} macro points.", ""]
     text += [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(text) + "\n"
 
 
 def _plots(config: ExperimentConfig, out: Path, runs: dict[str, dict[int, dict]]) -> dict[str, str]:
     plots: dict[str, str] = {}
-    seed = config.seeds[0]
-    if _plot_convergence(out, seed, runs, out / "loss_convergence.png"):
+    if _plot_convergence(out, runs, out / "loss_convergence.png"):
         plots["loss convergence"] = "loss_convergence.png"
     for name, seeds in runs.items():
-        gates = seeds.get(seed, {}).get("gates")
+        seed = min(seeds)
+        gates = seeds[seed].get("gates")
         if gates and (out / f"seed{seed}" / name / gates).exists():
             shutil.copyfile(out / f"seed{seed}" / name / gates, out / f"gates_{name}.png")
             plots[f"{name} gates"] = f"gates_{name}.png"
@@ -155,16 +240,25 @@ def _task_curves(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
     return curves
 
 
-def _plot_convergence(out: Path, seed: int, runs: dict[str, dict[int, dict]], target: Path) -> bool:
-    """One panel per task: every system's training loss on that task."""
-    curves: dict[str, dict[str, list[tuple[float, float]]]] = {}  # task -> system -> points
+def _seed_band(curves: list[list[tuple[float, float]]]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Positions logged by every seed, with the mean, lowest and highest loss there."""
+    common = sorted(set.intersection(*({x for x, _ in curve} for curve in curves)))
+    values = [[dict(curve)[x] for curve in curves] for x in common]
+    return common, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def _plot_convergence(out: Path, runs: dict[str, dict[int, dict]], target: Path) -> bool:
+    """One panel per task: every system's training loss on that task, the mean over its seeds
+    with a band from the lowest to the highest seed."""
+    curves: dict[str, dict[str, list[list[tuple[float, float]]]]] = {}  # task -> system -> one curve per seed
     for name, seeds in runs.items():
-        logs = seeds.get(seed, {}).get("log")
-        if not logs or "from" in seeds[seed]:
-            continue
-        for log in logs.values() if isinstance(logs, dict) else [logs]:
-            for task, points in _task_curves(_read_log(out / f"seed{seed}" / name / log)).items():
-                curves.setdefault(task, {})[name] = points
+        for seed, result in seeds.items():
+            logs = result.get("log")
+            if not logs or "from" in result:
+                continue
+            for log in logs.values() if isinstance(logs, dict) else [logs]:
+                for task, points in _task_curves(_read_log(out / f"seed{seed}" / name / log)).items():
+                    curves.setdefault(task, {}).setdefault(name, []).append(points)
     if not curves:
         return False
     # One colour per system in every panel (a panel's own colour cycle would give a system
@@ -174,8 +268,11 @@ def _plot_convergence(out: Path, seed: int, runs: dict[str, dict[int, dict]], ta
     rows = -(-len(curves) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False, layout="constrained")
     for axis, (task, systems) in zip(axes.flat, sorted(curves.items())):
-        for name, points in systems.items():
-            axis.plot(*zip(*points), color=colours[name], linewidth=1.2)
+        for name, seed_curves in systems.items():
+            x, mean, low, high = _seed_band(seed_curves)
+            axis.plot(x, mean, color=colours[name], linewidth=1.2)
+            if len(seed_curves) > 1:
+                axis.fill_between(x, low, high, color=colours[name], alpha=0.2, linewidth=0)
         axis.set(title=task, xlabel="share of training", ylabel="training loss")
         axis.set_yscale("log")
     for axis in axes.flat[len(curves):]:

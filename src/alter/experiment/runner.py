@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from alter.baselines.bilstm import BiLSTMModel
-from alter.baselines.lead import lead
-from alter.config import Config
+from alter.config import Config, ConfigError
 from alter.evaluate.evaluator import compute_task_metrics, macro_average
+from alter.evaluate.predictions import task_record, write_predictions
+from alter.evaluate.trivial import lead
 from alter.experiment.config import ExperimentConfig, SystemConfig
 from alter.experiment.results import write_results
 from alter.model import MTAModel
+from alter.train.resume import differences
 from alter.train.run import load_split, load_tasks, run_training, task_rates
 
 log = logging.getLogger(__name__)
@@ -32,11 +35,12 @@ def run_experiment(config: ExperimentConfig, only: list[str] | None = None) -> d
     if unknown:
         raise ValueError(f"--only: no system {', '.join(unknown)} in this experiment "
                          f"(its systems: {', '.join(config.systems)})")
-    # A system read from another one's run comes after it.
-    order = sorted(config.systems, key=lambda name: config.systems[name].kind == "after_stage")
+    # A system read from another one's run, or started from its checkpoint, comes after it.
+    order = sorted(config.systems, key=lambda name: (config.systems[name].kind == "after_stage",
+                                                     config.systems[name].starts_from is not None))
     for seed in config.seeds:
         for name in order:
-            if only and name not in only:
+            if (only and name not in only) or seed not in config.system_seeds(name):
                 continue
             target = out / f"seed{seed}" / name / RESULT_FILE
             if target.exists():
@@ -53,14 +57,16 @@ def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dic
     """{"tasks": {task: {metric: 0-1}}, "macro", "train_seconds", "trainable_params", ...}."""
     system = config.systems[name]
     if system.kind == "lead":
-        return _run_lead(config.train_config(name, seed, out), system)
+        return _run_lead(config.train_config(name, seed, out), system, out)
     if system.kind == "after_stage":
         return _after_stage(out.parent / system.of, system)
     build = partial(BiLSTMModel, lstm=system.bilstm) if system.architecture == "bilstm" else MTAModel
     if not system.per_task:
+        if system.starts_from is not None:
+            copy_shared_stages(config, name, seed, out)
         return _summary(run_training(config.train_config(name, seed, out), build))
     base = config.train_config(name, seed, out)
-    names = [ref.name for ref in base.data.refs()]
+    names = base.data.scored_tasks()  # an auxiliary task alone would never be scored
     rates = _mixture_rates(base)
     reports = {}
     for task in names:
@@ -77,6 +83,41 @@ def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dic
     return _combine(reports)
 
 
+def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path) -> None:
+    """Put the checkpoints of the stages that `name` shares with its `starts_from` system (up
+    to and including the named stage) into `out`, with their log lines; training then resumes
+    after them. Refused unless both systems' configs agree on everything those stages used."""
+    source = config.systems[name].starts_from
+    source_dir = out.parent / source.system
+    mine, theirs = config.train_config(name, seed, out), config.train_config(source.system, seed, source_dir)
+    labels = [stage.label for stage in theirs.stages]
+    if source.stage not in labels:
+        raise ConfigError(f"systems.{name}.starts_from.stage: '{source.stage}' is not a stage of "
+                          f"'{source.system}' ({', '.join(labels)})")
+    shared = labels[: labels.index(source.stage) + 1]
+    old, new = theirs.model_dump(mode="json"), mine.model_dump(mode="json")
+    changes = [change for key in ("seed", "model", "data") for change in differences(old[key], new[key], key)]
+    changes += [change for index in range(len(shared)) for change in
+                differences(old["stages"][index], new["stages"][index] if index < len(new["stages"]) else None,
+                            f"stages.{index}")]
+    if changes:
+        raise ConfigError(f"systems.{name}.starts_from: its config differs from '{source.system}' in what the "
+                          f"shared stages used: {'; '.join(changes[:4])}")
+    checkpoint = source_dir / "stages" / source.stage / "last"
+    state = checkpoint / "state.json"
+    steps = theirs.stages[len(shared) - 1].steps
+    if not state.exists() or json.loads(state.read_text())["step"] < steps:
+        raise FileNotFoundError(f"{checkpoint}: '{source.system}' has not finished {source.stage}; run it first")
+    for label in shared:
+        target = out / "stages" / label / "last"
+        if not target.exists():
+            shutil.copytree(source_dir / "stages" / label / "last", target)
+    log_path = out / "log.jsonl"
+    if not log_path.exists() and (source_dir / "log.jsonl").exists():
+        lines = (source_dir / "log.jsonl").read_text().splitlines()
+        log_path.write_text("".join(line + "\n" for line in lines if json.loads(line).get("stage") in shared))
+
+
 def _mixture_rates(config: Config) -> dict[str, float]:
     """The share of each task in the multi-task mixture of this config."""
     tasks = load_tasks(config)
@@ -90,9 +131,12 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "tasks": report["metrics"],
         "macro": report["macro"],
         "train_seconds": round(sum(stage["wall_seconds"] for stage in stages), 2),
+        "eval_seconds": round(sum(report.get("eval_seconds", {}).values()), 2),
         "trainable_params": sum(stage["trainable_params"] for stage in stages),
         "stages": report["stages"],
         "eval_examples": report["eval_examples"],
+        "predictions": "predictions_final.json",
+        **({"validation_macro": report["validation"]["macro"]} if "validation" in report else {}),
         "log": "log.jsonl",
         **({"gates": "gates.png"} if "gates" in report.get("plots", {}) else {}),
     }
@@ -107,7 +151,9 @@ def _combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "tasks": tasks,
         "macro": 100.0 * sum(tasks[t][main[t]] for t in tasks) / len(tasks),
         "train_seconds": round(sum(part["train_seconds"] for part in parts.values()), 2),
+        "eval_seconds": round(sum(part["eval_seconds"] for part in parts.values()), 2),
         "trainable_params": sum(part["trainable_params"] for part in parts.values()),
+        "predictions": {task: f"{task}/predictions_final.json" for task in reports},
         "per_task": {task: {k: part[k] for k in ("train_seconds", "trainable_params", "stages")}
                      for task, part in parts.items()},
         "eval_examples": {task: reports[task]["eval_examples"][task] for task in reports},
@@ -126,21 +172,27 @@ def _after_stage(run_dir: Path, system: SystemConfig) -> dict[str, Any]:
                          f"(stages with scores: {', '.join(report.get('after_stage', {})) or 'none'})")
     stage = report["stages"][system.stage]
     return {"tasks": scores["metrics"], "macro": scores["macro"], "train_seconds": stage["wall_seconds"],
+            "eval_seconds": report.get("eval_seconds", {}).get(f"after_{system.stage}", 0.0),
             "trainable_params": stage["trainable_params"], "stages": {system.stage: stage},
             "eval_examples": report["eval_examples"], "log": f"../{system.of}/log.jsonl",
+            "predictions": f"../{system.of}/predictions_after_{system.stage}.json",
+            **({"validation_macro": scores["validation_macro"]} if "validation_macro" in scores else {}),
             "from": f"{system.of} after {system.stage}"}
 
 
-def _run_lead(config: Config, system: SystemConfig) -> dict[str, Any]:
+def _run_lead(config: Config, system: SystemConfig, out: Path) -> dict[str, Any]:
     tasks = [task for task in load_tasks(config) if task.kind == "generation"]
     if not tasks:
         raise ValueError("the lead system needs a generation task among the base tasks")
     eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
-    scores = {}
+    scores, records = {}, {}
     for task in tasks:
         examples = eval_sets[task.name]
         field = next(iter(task.spec.inputs))  # the source text
         summaries = [lead(example.inputs[field], system.sentences) for example in examples]
         scores[task.name] = compute_task_metrics(task, summaries, examples)
-    return {"tasks": scores, "macro": macro_average(tasks, scores), "train_seconds": 0.0, "trainable_params": 0,
+        records[task.name] = task_record(task, summaries, examples)
+    write_predictions(out / "predictions_final.json", records)
+    return {"tasks": scores, "macro": macro_average(tasks, scores), "train_seconds": 0.0, "eval_seconds": 0.0,
+            "trainable_params": 0, "predictions": "predictions_final.json",
             "eval_examples": {name: len(examples) for name, examples in eval_sets.items()}}

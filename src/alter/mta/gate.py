@@ -15,7 +15,9 @@ class TaskGate(nn.Module):
     """Task-level logits `w_t`, an optional input router `R`, temperature and top-k.
 
     While `fixed` is set (stage 1) the gate ignores its logits and returns the one-hot stage-1
-    assignment of each task to its expert.
+    assignment of each task to its expert. Afterwards a `softmax` gate returns
+    softmax((w_t + R(x)) / tau); a `residual` gate returns one-hot(own expert) + w_t + R(x),
+    whose learned part starts at 0, so that leaving stage 1 does not change the model.
     """
 
     def __init__(self, num_tasks: int, hidden_size: int, assignment: torch.Tensor, config: MTAConfig):
@@ -32,20 +34,26 @@ class TaskGate(nn.Module):
             nn.init.zeros_(self.router.weight)  # starts as pure task gating
         self.register_buffer("assignment", assignment.clone(), persistent=True)  # (num_tasks,)
         self.register_buffer("fixed", torch.tensor(True), persistent=True)
+        # Set by `start_collaboration`; saved, so that a loaded model combines its experts as
+        # it was trained to. (A checkpoint without it predates residual gates: softmax.)
+        self.register_buffer("residual", torch.tensor(True), persistent=True)
 
     @property
     def uses_input(self) -> bool:
         return self.router is not None and not bool(self.fixed)
 
     def forward(self, task_ids: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
-        """task_ids (B,), pooled (B, d) or None -> gate weights (B, K) summing to 1."""
+        """task_ids (B,), pooled (B, d) or None -> gate weights (B, K) (a softmax gate's sum to 1)."""
+        own = F.one_hot(self.assignment[task_ids], self.num_experts).float()  # (B, K)
         if bool(self.fixed):
-            return F.one_hot(self.assignment[task_ids], self.num_experts).float()
+            return own
         logits = torch.zeros(task_ids.shape[0], self.num_experts, device=task_ids.device)
         if self.task_logits is not None:
             logits = logits + self.task_logits[task_ids]
         if self.router is not None:
             logits = logits + self.router(pooled.to(self.router.weight.dtype))
+        if bool(self.residual):
+            return own + logits
         logits = logits / self.temperature
         if self.top_k is not None and self.top_k < self.num_experts:
             keep = logits.topk(self.top_k, dim=-1).indices  # (B, k); ties broken by index
@@ -53,14 +61,24 @@ class TaskGate(nn.Module):
         return logits.softmax(dim=-1)
 
     @torch.no_grad()
-    def start_collaboration(self, own_weight: float) -> None:
-        """Leave the one-hot assignment for learned logits that start near it.
+    def start_collaboration(self, how: str = "residual", own_weight: float = 0.8) -> None:
+        """Leave the fixed one-hot assignment for learned gates.
 
-        Each task keeps `own_weight` on its stage-1 expert and spreads the rest evenly, so
-        that gradients reach the other experts' gates from the first step.
+        `residual`: the learned weights start at 0, so the gate is the one-hot assignment
+        itself, and the gradient with respect to each other expert's weight is already
+        non-zero. `softmax` cannot start there (its logits would be infinite): each task keeps
+        `own_weight` on its stage-1 expert and spreads the rest evenly.
         """
+        if how == "residual" and self.top_k is not None:
+            raise ValueError("top_k selects experts of a softmax gate; use collaboration=softmax")
         self.fixed.fill_(False)
-        if self.task_logits is None or self.num_experts == 1:
+        self.residual.fill_(how == "residual")
+        if self.task_logits is None:
+            return
+        if how == "residual":
+            self.task_logits.zero_()
+            return
+        if self.num_experts == 1:
             return
         other = (1.0 - own_weight) / (self.num_experts - 1)
         self.task_logits.fill_(math.log(other) * self.temperature)

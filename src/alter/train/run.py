@@ -13,14 +13,16 @@ from typing import Any
 import torch
 import yaml
 
-from alter.config import Config, ConfigError, ModelConfig
+from alter.config import Config, ConfigError, MixtureConfig, ModelConfig, StageConfig, TaskRef
 from alter.data.collate import Encoded
 from alter.data.mixture import mixture_rates
 from alter.data.registry import builtin_registry
 from alter.data.task import Example, Task, data_root
 from alter.distributed import pick_device, place, start
-from alter.evaluate.evaluator import evaluate, macro_average
+from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, macro_average
+from alter.evaluate.predictions import write_predictions
 from alter.evaluate.report import build_report, write_report
+from alter.evaluate.trivial import trivial_scores
 from alter.model import MTAModel
 from alter.train.loop import JsonlLog, StageData, train_stage
 from alter.train.resume import resume_conflict
@@ -46,16 +48,45 @@ def words(example: Example) -> int:
 
 
 def load_split(config: Config, tasks: Sequence[Task], split: str, training: bool) -> dict[str, list[Example]]:
-    root = data_root(config.data.root)
+    """Each task's examples of `split`, capped. Training: the task's own `train_split` if it
+    names one, without the held-out validation examples; evaluation leaves out auxiliary
+    (unscored) tasks."""
     refs = {ref.name: ref for ref in config.data.refs()}
     sets = {}
     for task in tasks:
         ref = refs[task.name]
-        examples = task.read(split, root)
-        if training and ref.min_train_words:
-            examples = [example for example in examples if words(example) >= ref.min_train_words]
+        if not training and not ref.scored:
+            continue  # an auxiliary task: trained on, never scored
+        if training:
+            examples = _training_pool(config, task, ref, split)[1]
+        else:
+            examples = task.read(split, data_root(config.data.root))
         sets[task.name] = sample(examples, ref.max_train if training else ref.max_eval, config.data.seed, task.name)
     return sets
+
+
+def load_validation(config: Config, tasks: Sequence[Task]) -> dict[str, list[Example]]:
+    """The held-out part of each scored task's training split (`data.validation`), or {}."""
+    if not config.data.validation:
+        return {}
+    refs = {ref.name: ref for ref in config.data.refs()}
+    return {task.name: _training_pool(config, task, refs[task.name], config.data.train_split)[0]
+            for task in tasks if refs[task.name].scored}
+
+
+def _training_pool(config: Config, task: Task, ref: TaskRef, split: str) -> tuple[list[Example], list[Example]]:
+    """(held-out validation examples, the rest) of a task's training split."""
+    examples = task.read(ref.train_split or split, data_root(config.data.root))
+    if ref.min_train_words:
+        examples = [example for example in examples if words(example) >= ref.min_train_words]
+    if not config.data.validation or not ref.scored:
+        return [], examples
+    held = sample(examples, config.data.validation, config.data.seed, f"{task.name}/validation")
+    if len(held) == len(examples):
+        raise ConfigError(f"data.validation: task {task.name} has only {len(examples)} training examples, "
+                          f"none left to train on after holding out {config.data.validation}")
+    kept = {id(example) for example in held}
+    return held, [example for example in examples if id(example) not in kept]
 
 
 def stage_data(model: MTAModel, config: Config, train_sets: dict[str, list[Example]]) -> StageData:
@@ -68,10 +99,20 @@ def stage_data(model: MTAModel, config: Config, train_sets: dict[str, list[Examp
     return StageData(rows, [rates[name] for name in sizes], list(sizes))
 
 
-def task_rates(config: Config, sizes: dict[str, int]) -> dict[str, float]:
-    """Each task's share of the mixture, from its number of training examples and the config."""
-    mix = config.data.mixture
+def task_rates(config: Config, sizes: dict[str, int], mix: MixtureConfig | None = None) -> dict[str, float]:
+    """Each task's share of the mixture (`mix`, default the config's), from its number of
+    training examples."""
+    mix = mix or config.data.mixture
     return mixture_rates(sizes, mix.sampling, mix.temperature, mix.rates)
+
+
+def with_stage_mixture(config: Config, data: StageData, stage: StageConfig) -> StageData:
+    """The stage's own task rates, where it sets a mixture."""
+    if stage.mixture is None:
+        return data
+    sizes = {name: len(rows) for name, rows in zip(data.task_names, data.rows)}
+    rates = task_rates(config, sizes, stage.mixture)
+    return StageData(data.rows, [rates[name] for name in data.task_names], data.task_names)
 
 
 def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any] = MTAModel) -> dict[str, Any]:
@@ -95,35 +136,54 @@ def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any]
     model = place(build(config.model, tasks), device, ranks, config.distributed.strategy)
     journal = JsonlLog(out / "log.jsonl", enabled=ranks.is_main)
 
-    def evaluate_once(path: Path, what: str) -> dict[str, dict[str, float]]:
-        """Scores kept in `path`, so that a resumed run does not evaluate again (the main
-        process decides: other machines of a run may not share its disk)."""
-        kept = ranks.from_main(json.loads(path.read_text()) if ranks.is_main and path.exists() else None)
+    validation = load_validation(config, tasks)
+    eval_seconds: dict[str, float] = {}
+
+    def score(name: str, what: str, keep: bool = True) -> dict[str, Any]:
+        """{"metrics": on the evaluation split, "validation": on the held-out training examples
+        (or None)}; per-example predictions in predictions_<name>.json. With `keep`, kept in
+        eval_<name>.json, so that a resumed run does not evaluate again (the main process
+        decides: other machines of a run may not share its disk)."""
+        path = out / f"eval_{name}.json"
+        kept = ranks.from_main(json.loads(path.read_text()) if keep and ranks.is_main and path.exists() else None)
         if kept is not None:
+            kept = kept if "metrics" in kept else {"metrics": kept, "validation": None}  # older runs: metrics alone
+            eval_seconds[name] = kept.get("seconds", 0.0)
             return kept
         if ranks.is_main:
             log.info("evaluating %s on %s", what, {k: len(v) for k, v in eval_sets.items()})
-        scores = evaluate(model, eval_sets, config.eval, ranks)
+        result = evaluate_with_predictions(model, eval_sets, config.eval, ranks, what=f"eval {name}")
+        held = evaluate_with_predictions(model, validation, config.eval, ranks, what=f"validation {name}") \
+            if validation and name != "before" else None
+        scores = {"metrics": result.metrics, "validation": held.metrics if held else None,
+                  "seconds": round(result.seconds + (held.seconds if held else 0.0), 2)}
+        eval_seconds[name] = scores["seconds"]
         if ranks.is_main:
             path.write_text(json.dumps(scores, indent=2))
+            write_predictions(out / f"predictions_{name}.json", result.records)
         return scores
 
-    before = evaluate_once(out / "eval_before.json", "the untrained model") if config.eval.before_training else None
+    before = score("before", "the untrained model")["metrics"] if config.eval.before_training else None
 
     def eval_macro() -> float:
-        return macro_average(tasks, evaluate(model, eval_sets, config.eval, ranks))
+        """What `eval_every` keeps the best checkpoint by: the held-out training examples when
+        the config holds some out (`data.validation`), else the evaluation split."""
+        return macro_average(tasks, evaluate(model, validation or eval_sets, config.eval, ranks))
 
     data = stage_data(model, config, train_sets)
     stages, after_stage = [], {}
     for index, stage in enumerate(config.stages):
-        result = train_stage(model, stage, data, out / "stages" / stage.label, journal,
-                             seed=config.seed + index, evaluate=eval_macro, ranks=ranks)
+        result = train_stage(model, stage, with_stage_mixture(config, data, stage), out / "stages" / stage.label,
+                             journal, seed=config.seed + index, evaluate=eval_macro, ranks=ranks)
         stages.append(result)
         if config.eval.after_each_stage and index < len(config.stages) - 1:
-            after_stage[stage.label] = evaluate_once(out / f"eval_after_{stage.label}.json",
-                                                     f"the model after {stage.label}")
+            after_stage[stage.label] = score(f"after_{stage.label}", f"the model after {stage.label}")
     if ranks.is_main:
         model.save(out / "model", {"stages": [vars(result) for result in stages]})
-    after = evaluate(model, eval_sets, config.eval, ranks)
-    report = build_report(model, after, before, stages, {name: len(v) for name, v in eval_sets.items()}, after_stage)
+    final = score("final", "the trained model", keep=False)
+    report = build_report(model, final, before, stages, {name: len(v) for name, v in eval_sets.items()},
+                          after_stage, eval_seconds, trivial_scores(tasks, train_sets, eval_sets))
+    if ranks.is_main:
+        for line in report["shortfalls"]:
+            log.warning("not learned: %s", line)
     return write_report(out, model, report) if ranks.is_main else report

@@ -1,0 +1,42 @@
+"""Per-example predictions of an evaluation, kept beside its scores, so that two systems can be
+compared example by example on the same examples (the paired bootstrap of `alter experiment`).
+
+A task's record holds what its main metric needs on any subset of its examples: predictions
+and references for a metric of the whole set (F1, MCC, correlations), or each example's own
+score for a mean over examples (accuracy, ROUGE).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from alter.data.task import Example, Task
+from alter.evaluate.metrics import compute
+
+PER_EXAMPLE = {"accuracy", "rouge1", "rouge2", "rougeL", "rougeLsum"}  # means over examples
+
+
+def task_record(task: Task, predictions: Sequence, examples: Sequence[Example]) -> dict[str, Any]:
+    """{"metric", "labels", "sources", "predictions", "references"}, and "scores" (0-1, one
+    per example) when the main metric is a mean over examples."""
+    metric = task.main_metric
+    references = [list(e.references) for e in examples] if task.kind == "generation" else [e.target for e in examples]
+    record: dict[str, Any] = {"metric": metric, "labels": task.spec.labels, "sources": [e.source for e in examples],
+                              "predictions": list(predictions)}
+    if metric in PER_EXAMPLE:
+        record["scores"] = [compute([metric], [p], [r], task.spec.labels)[metric]
+                            for p, r in zip(predictions, references)]
+    if task.kind != "generation":
+        record["references"] = references
+    return record
+
+
+def write_predictions(path: Path, records: dict[str, dict[str, Any]]) -> None:
+    path.write_text(json.dumps(records))
+
+
+def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
+    return json.loads(path.read_text())

@@ -1,0 +1,70 @@
+"""Trivial scores: what a task scores without learning anything from its inputs, on the same
+evaluation examples. Classification: the majority label of the training set; regression: the
+training mean; generation: the lead sentences of the source (the usual floor of summarization).
+A trained model that does not beat them has learned nothing measurable."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+
+from alter.data.task import Example, Task
+from alter.evaluate.metrics import compute
+
+# A sentence ends at . ! or ? followed by space, or at a line break (a dialogue's turn).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+LEAD_SENTENCES = 2
+
+
+def lead(text: str, sentences: int) -> str:
+    parts = [part.strip() for part in _SENTENCE_END.split(text) if part.strip()]
+    return " ".join(parts[:sentences])
+
+
+def trivial_predictions(task: Task, train: Sequence[Example], examples: Sequence[Example]) -> tuple[list, str]:
+    """The trivial prediction of every example, and what it is."""
+    if task.kind == "classification":
+        label = Counter(example.target for example in train).most_common(1)[0][0]
+        return [label] * len(examples), f"majority label ({label})"
+    if task.kind == "regression":
+        mean = statistics.fmean(float(example.target) for example in train)
+        return [mean] * len(examples), f"training mean ({mean:.2f})"
+    source = next(iter(task.spec.inputs))
+    return [lead(example.inputs[source], LEAD_SENTENCES) for example in examples], f"lead-{LEAD_SENTENCES}"
+
+
+def trivial_scores(tasks: Sequence[Task], train_sets: dict[str, list[Example]],
+                   eval_sets: dict[str, list[Example]]) -> dict[str, dict]:
+    """{task: {"metrics": {metric: 0-1}, "rule": what predicts}} for every scored task."""
+    results = {}
+    for task in tasks:
+        if task.name not in eval_sets or not train_sets.get(task.name):
+            continue
+        examples = eval_sets[task.name]
+        predictions, rule = trivial_predictions(task, train_sets[task.name], examples)
+        references = [list(e.references) for e in examples] if task.kind == "generation" else [
+            e.target for e in examples]
+        results[task.name] = {"metrics": compute(task.metrics, predictions, references, task.spec.labels),
+                              "rule": rule}
+    return results
+
+
+def shortfalls(tasks: Sequence[Task], after: dict, trivial: dict, before: dict | None) -> list[str]:
+    """One line for each task whose main score is not above its trivial score, or is below
+    the untrained model's."""
+    lines = []
+    for task in tasks:
+        if task.name not in after:
+            continue
+        metric = task.main_metric
+        score = after[task.name][metric]
+        if task.name in trivial and score <= trivial[task.name]["metrics"][metric] + 1e-9:
+            floor = trivial[task.name]
+            lines.append(f"{task.name}: {metric} {100 * score:.1f} is not above its trivial score "
+                         f"{100 * floor['metrics'][metric]:.1f} ({floor['rule']})")
+        if before and task.name in before and score < before[task.name][metric]:
+            lines.append(f"{task.name}: {metric} {100 * score:.1f} is below the untrained model's "
+                         f"{100 * before[task.name][metric]:.1f}")
+    return lines
