@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 
 from alter.config import StageConfig
 from alter.data.collate import IGNORE, Encoded
-from alter.data.task import Example
+from alter.data.task import Example, Task, TaskSpec
 from alter.model import MTAModel
 from alter.train.stages import prepare_stage
 from tests.conftest import model_config, randomise_experts
@@ -120,3 +123,26 @@ def test_training_ranks_candidates_at_the_token_after_their_shared_prefix(regist
         assert sum(p * score for score, p in enumerate(row.answer)) == pytest.approx(example.target)
     losses = model(model.encode(samples["stsb"]))  # (B,)
     assert losses.shape == (len(samples["stsb"]),) and torch.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("backbone", ["tiny-llama", "tiny-t5"])
+def test_candidates_of_several_tokens_train_by_the_rule_that_predicts(registry, samples, backbone):
+    """Label words of one and of several tokens: the ranking part of a row's training loss is
+    minus the log of the probability that prediction gives its label."""
+    spec = TaskSpec(name="stance", kind="classification", inputs={"text": "text"}, target="label",
+                    template="Text: {text}\nStance:", labels=["pro", "con", "neutral"],
+                    verbalizer={"pro": "in favour", "con": "against", "neutral": "neither one nor the other"})
+    task = Task(spec)
+    model = MTAModel(model_config(backbone), [task]).eval()
+    randomise_experts(model)
+    examples = [Example("stance", {"text": text}, label) for text, label in
+                [("we should build it", "pro"), ("never again", "con"), ("hard to say", "neutral")]]
+    rows = model.encode(examples)
+    assert all(row.candidates and row.choices is None for row in rows)
+    assert len({len(ids) for ids in rows[0].candidates}) > 1, "the words should differ in length"
+    with torch.no_grad():
+        losses = model(rows)  # (B,)
+        without_ranking = model([replace(row, candidates=None) for row in rows])
+    predicted = model.predict(examples)
+    for loss, token_loss, example, (_, scores) in zip(losses, without_ranking, examples, predicted):
+        assert (loss - token_loss).item() == pytest.approx(-math.log(scores[example.target]), rel=1e-4, abs=1e-5)

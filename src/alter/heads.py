@@ -57,6 +57,7 @@ class LMHead(DeviceAware):
         self.seq2seq = bool(backbone_config.is_encoder_decoder)
         self.config = config
         self._splits: dict[str, tuple[list[int], list[int]] | None] = {}  # per task, tokenized once
+        self._candidates: dict[str, list[list[int]]] = {}
 
     @staticmethod
     def auto_class(backbone_config: PretrainedConfig) -> type:
@@ -74,6 +75,10 @@ class LMHead(DeviceAware):
         if split is not None:
             choice = {"choices": split[1], "choice_offset": len(split[0]),
                       "answer": task.candidate_distribution(example)}
+        elif task.candidates:
+            if task.name not in self._candidates:
+                self._candidates[task.name] = self.candidate_ids(task, tokenizer)
+            choice = {"candidates": self._candidates[task.name], "answer": task.candidate_distribution(example)}
         if self.seq2seq:
             return Encoded(task_id, prompt, labels=target_ids, truncated=truncated, **choice)
         return Encoded(task_id, prompt + target_ids, labels=[IGNORE] * len(prompt) + target_ids,
@@ -95,6 +100,12 @@ class LMHead(DeviceAware):
         if rows[0].labels is not None:
             batch["labels"] = pad([row.labels for row in rows], IGNORE, side)  # (B, T) or (B, T_target)
             batch["choices"] = [(row.choices, row.choice_offset, row.answer) for row in rows]
+            ranked = [index for index, row in enumerate(rows) if row.candidates]
+            if ranked:  # every candidate after each such prompt, one row each
+                expanded = [self._with_candidate(Encoded(rows[i].task_id, self._prompt_of(rows[i])), ids)
+                            for i in ranked for ids in rows[i].candidates]
+                batch["candidate_batch"] = self.collate(expanded, tokenizer)
+                batch["candidate_answers"] = [(i, rows[i].answer) for i in ranked]
         # An input router pools over the prompt: the tokens that generation sees at prefill.
         prompt = batch["attention_mask"].clone()
         if "labels" in batch and not self.seq2seq:
@@ -136,8 +147,9 @@ class LMHead(DeviceAware):
     def losses(self, backbone: nn.Module, batch: Batch, tasks: Sequence[Task]) -> torch.Tensor:
         """Mean token loss of each row; (B,). A row with label words adds the loss of rank
         classification (cross-entropy between its target over the candidates and the model's
-        distribution over the tokens that tell them apart), the rule that predicts, so that
-        training pushes the right word above the others, not only up."""
+        distribution over them), by the rule that predicts, so that training pushes the right
+        word above the others, not only up: over the one token that tells them apart where
+        there is one, otherwise over each candidate's whole log-likelihood after the prompt."""
         with routed(batch):
             logits, targets, rows = self.target_logits(backbone, batch)
         size = batch["labels"].shape[0]
@@ -150,6 +162,15 @@ class LMHead(DeviceAware):
                 choice_logp = logits[first[row] + offset, choices].float().log_softmax(-1)  # (C,)
                 target = torch.tensor(answer, device=logits.device)  # (C,)
                 loss[row] = loss[row] - (target * choice_logp).sum()
+        if "candidate_batch" in batch:
+            candidates = batch["candidate_batch"]
+            with routed(candidates):
+                total, _ = self.target_logprobs(backbone, candidates)  # (sum C,) each candidate's log-likelihood
+            start = 0
+            for row, answer in batch["candidate_answers"]:
+                choice_logp = total[start: start + len(answer)].log_softmax(-1)  # (C,)
+                start += len(answer)
+                loss[row] = loss[row] - (torch.tensor(answer, device=total.device) * choice_logp).sum()
         return loss
 
     # --- prediction ---------------------------------------------------------------------
@@ -218,6 +239,10 @@ class LMHead(DeviceAware):
         if (self.seq2seq and prefix) or any(len(tail) != 1 for tail in rest) or len({t[0] for t in rest}) < len(rest):
             return None
         return prefix, [tail[0] for tail in rest]
+
+    def _prompt_of(self, row: Encoded) -> list[int]:
+        """The prompt of a training row (a decoder-only row holds its target after it)."""
+        return row.input_ids if self.seq2seq else row.input_ids[: row.labels.count(IGNORE)]
 
     def _with_candidate(self, row: Encoded, candidate: list[int]) -> Encoded:
         if self.seq2seq:

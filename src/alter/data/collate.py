@@ -60,6 +60,9 @@ class Encoded:
     choices: list[int] | None = None
     choice_offset: int = 0
     answer: list[float] | None = None
+    # Candidates that differ in more than one token: the token ids of each, ranked in training
+    # by their whole log-likelihood after the prompt, as prediction ranks them.
+    candidates: list[list[int]] | None = None
 
 
 def pad(rows: Sequence[list[int]], value: int, side: str = "right") -> torch.Tensor:
