@@ -51,3 +51,11 @@ def test_overrides(tmp_path):
         load_config(path, ["stages.0.steps"])
     with pytest.raises(ConfigError, match="model.mta.rank"):
         load_config(path, ["model.mta.rank=big"])
+
+
+def test_top_k_gates_need_softmax_collaboration(tmp_path):
+    path = write(tmp_path, "data: {tasks: [sst2]}\nmodel: {mta: {top_k: 1, num_experts: 2}}\n"
+                           "stages: [{kind: stage1}, {kind: stage2}]\n")
+    with pytest.raises(ConfigError, match=r"stages.1.collaboration"):
+        load_config(path)
+    assert load_config(path, ["stages.1.collaboration=softmax"]).stages[1].collaboration == "softmax"

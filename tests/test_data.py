@@ -6,10 +6,12 @@ import json
 
 import pytest
 
+from alter.config import parse_config
 from alter.data.mixture import batch_plan, mixture_rates
 from alter.data.readers import DataError
 from alter.data.registry import TaskNotFoundError, TaskRegistry, builtin_registry
 from alter.data.task import Example, TaskSpec, data_root
+from alter.train.run import load_split, load_tasks, load_validation
 
 
 def test_builtin_tasks_read_the_shared_data(registry):
@@ -107,3 +109,21 @@ def test_candidate_distribution_is_one_hot_for_labels_and_splits_scores_between_
     assert stsb.candidate_distribution(Example("stsb", {}, 3.2)) == pytest.approx([0, 0, 0, 0.8, 0.2, 0])
     assert stsb.candidate_distribution(Example("stsb", {}, 5.0)) == [0, 0, 0, 0, 0, 1.0]
     assert stsb.candidate_distribution(Example("stsb", {}, 0.0)) == [1.0, 0, 0, 0, 0, 0]
+
+
+def test_validation_examples_are_held_out_of_training_and_auxiliary_tasks_are_not_scored():
+    config = parse_config({"data": {"validation": 20, "tasks": [
+        {"name": "rte", "max_train": 100, "max_eval": 30},
+        {"name": "cola", "max_train": 100, "validation": 0},
+        {"name": "qnli", "train_split": "dev", "scored": False, "max_train": 50}]}})
+    tasks = load_tasks(config)
+    train = load_split(config, tasks, "train", training=True)
+    held = load_validation(config, tasks)
+    dev = load_split(config, tasks, "dev", training=False)
+    assert {name: len(rows) for name, rows in train.items()} == {"rte": 100, "cola": 100, "qnli": 50}
+    assert {name: len(rows) for name, rows in held.items()} == {"rte": 20}  # cola: 0; qnli: never scored
+    assert not {e.source for e in held["rte"]} & {e.source for e in train["rte"]}
+    assert set(dev) == {"rte", "cola"} and len(dev["rte"]) == 30
+    assert all("QNLI/dev.tsv:" in e.source for e in train["qnli"])  # its dev file, as a training set
+    again = load_split(config, tasks, "train", training=True)
+    assert [e.source for e in again["rte"]] == [e.source for e in train["rte"]]

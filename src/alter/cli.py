@@ -103,16 +103,35 @@ def experiment(config: Annotated[Path, typer.Argument(help="experiment YAML file
                                  "to train one system on several (docs/scaling.md)")
     cfg = load_experiment(config, set_ or [])
     results = run_experiment(cfg, only.split(",") if only else None)
-    table = Table(title=f"{cfg.output_dir} (0-100, mean over seeds {cfg.seeds})")
+    console.print(experiment_table(results, cfg.output_dir))
+    for line in results["shortfalls"]:
+        console.print(f"[yellow]not learned:[/yellow] {line}")
+    console.print(f"results: {cfg.output_dir}/results.md, {cfg.output_dir}/results.json")
+
+
+def experiment_table(results: dict, title: str) -> Table:
+    """Every system's mean scores, its difference from the reference system with the paired
+    95% interval (* where it excludes zero), and the tasks' trivial scores."""
+    from alter.experiment.paired import excludes_zero
+
+    reference, trivial = results["reference"], results.get("trivial", {})
+    table = Table(title=f"{title} (0-100, mean over each system's seeds)")
     tasks = list(dict.fromkeys(task for result in results["systems"].values() for task in result["tasks"]))
-    for column in ("system", *tasks, "macro", "params", "train s"):
+    for column in ("system", "seeds", *tasks, "macro", f"{reference} − system [95% CI]", "params", "train s",
+                   "eval s"):
         table.add_column(column, justify="left" if column == "system" else "right")
     for name, result in results["systems"].items():
         cells = [f"{result['tasks'][t][result['main_metrics'][t]]:.1f}" if t in result["tasks"] else "–" for t in tasks]
-        table.add_row(name, *cells, f"{result['macro']:.1f}", f"{result['trainable_params']:,}",
-                      f"{result['train_seconds']:.0f}")
-    console.print(table)
-    console.print(f"results: {cfg.output_dir}/results.md, {cfg.output_dir}/results.json")
+        paired = result.get(f"paired_vs_{reference}")
+        difference = "–" if paired is None else (f"{paired['macro_diff']:+.1f} [{paired['ci95'][0]:+.1f}, "
+                                                 f"{paired['ci95'][1]:+.1f}]" + ("*" if excludes_zero(paired) else ""))
+        table.add_row(name, str(len(result["seeds"])), *cells, f"{result['macro']:.1f}", difference,
+                      f"{result['trainable_params']:,}", f"{result['train_seconds']:.0f}",
+                      f"{result.get('eval_seconds', 0):.0f}")
+    if trivial:
+        table.add_row("trivial", "", *(f"{trivial[t]['metrics'][results['main_metrics'][t]]:.1f}" if t in trivial
+                                       else "–" for t in tasks), "", "", "", "", "")
+    return table
 
 
 @app.command("eval")

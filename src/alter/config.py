@@ -53,6 +53,7 @@ class TaskRef(_Strict):
     # An auxiliary task trains with the others but is never scored (its own dev examples may
     # be what it trains on) and is left out of every macro average.
     scored: bool = True
+    validation: int | None = Field(default=None, ge=0)  # this task's `data.validation` (0: none)
 
 
 class MixtureConfig(_Strict):
@@ -86,7 +87,10 @@ class DataConfig(_Strict):
         if duplicates:
             raise ConfigError(f"data.tasks: task(s) listed twice: {', '.join(duplicates)}")
         return [ref.model_copy(update={"max_train": ref.max_train or self.max_train,
-                                       "max_eval": ref.max_eval or self.max_eval}) for ref in refs]
+                                       "max_eval": ref.max_eval or self.max_eval,
+                                       "validation": (ref.validation if ref.validation is not None
+                                                      else self.validation) if ref.scored else 0})
+                for ref in refs]
 
 
 class StageConfig(_Strict):

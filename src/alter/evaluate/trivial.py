@@ -27,10 +27,10 @@ def trivial_predictions(task: Task, train: Sequence[Example], examples: Sequence
     """The trivial prediction of every example, and what it is."""
     if task.kind == "classification":
         label = Counter(example.target for example in train).most_common(1)[0][0]
-        return [label] * len(examples), f"majority label ({label})"
+        return [label] * len(examples), f"majority label: {label}"
     if task.kind == "regression":
         mean = statistics.fmean(float(example.target) for example in train)
-        return [mean] * len(examples), f"training mean ({mean:.2f})"
+        return [mean] * len(examples), f"training mean: {mean:.2f}"
     source = next(iter(task.spec.inputs))
     return [lead(example.inputs[source], LEAD_SENTENCES) for example in examples], f"lead-{LEAD_SENTENCES}"
 

@@ -101,6 +101,9 @@ def write_results(config: ExperimentConfig, out: Path) -> dict[str, Any]:
         systems[name][f"paired_vs_{REFERENCE}"] = paired
     results = {"scale": "0-100", "seeds": config.seeds, "main_metrics": main_metrics,
                "classification_tasks": common, "reference": REFERENCE, "trivial": _trivial(out), "systems": systems}
+    floors = [name for name, system in config.systems.items() if system.kind == "lead"]  # trivial by design
+    results["shortfalls"] = shortfalls({name: result for name, result in systems.items() if name not in floors},
+                                       results["trivial"])
     stage2 = [name for name, system in config.systems.items()
               if system.kind == "after_stage" and system.of == REFERENCE and name in systems]
     if stage2 and f"paired_vs_{REFERENCE}" in systems[stage2[0]]:
@@ -133,6 +136,19 @@ def _trivial(out: Path) -> dict[str, dict]:
             found.setdefault(task, {"metrics": {k: round(100 * v, 2) for k, v in trivial["metrics"].items()},
                                     "rule": trivial["rule"]})
     return found
+
+
+def shortfalls(systems: dict[str, dict], trivial: dict[str, dict]) -> list[str]:
+    """A line for each system x task whose mean score is not above the task's trivial score."""
+    lines = []
+    for name, result in systems.items():
+        for task, metrics in result["tasks"].items():
+            metric = result["main_metrics"][task]
+            floor = trivial.get(task, {}).get("metrics", {}).get(metric)
+            if floor is not None and metrics[metric] <= floor + 1e-9:
+                lines.append(f"{name} on {task}: {metric} {metrics[metric]:.1f}, trivial {floor:.1f} "
+                             f"({trivial[task]['rule']})")
+    return lines
 
 
 def _classification_tasks(systems: dict[str, dict], main_metrics: dict[str, str]) -> list[str]:
@@ -195,7 +211,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             "pooled, with a 95% paired bootstrap interval over the evaluation examples (the same resamples "
             "for both); **bold** where the interval excludes zero."
             + (" † marks a score not above the task's trivial score (the last row: "
-               + ", ".join(sorted({t["rule"].split(" (")[0] for t in trivial.values()})) + ", on the same examples)."
+               + ", ".join(sorted({t["rule"].split(":")[0] for t in trivial.values()})) + ", on the same examples)."
                if trivial else ""), "", *lines, ""]
     gain = results.get("stage2_gain")
     if gain:

@@ -67,11 +67,9 @@ def load_split(config: Config, tasks: Sequence[Task], split: str, training: bool
 
 def load_validation(config: Config, tasks: Sequence[Task]) -> dict[str, list[Example]]:
     """The held-out part of each scored task's training split (`data.validation`), or {}."""
-    if not config.data.validation:
-        return {}
     refs = {ref.name: ref for ref in config.data.refs()}
     return {task.name: _training_pool(config, task, refs[task.name], config.data.train_split)[0]
-            for task in tasks if refs[task.name].scored}
+            for task in tasks if refs[task.name].validation}
 
 
 def _training_pool(config: Config, task: Task, ref: TaskRef, split: str) -> tuple[list[Example], list[Example]]:
@@ -79,12 +77,12 @@ def _training_pool(config: Config, task: Task, ref: TaskRef, split: str) -> tupl
     examples = task.read(ref.train_split or split, data_root(config.data.root))
     if ref.min_train_words:
         examples = [example for example in examples if words(example) >= ref.min_train_words]
-    if not config.data.validation or not ref.scored:
+    if not ref.validation:
         return [], examples
-    held = sample(examples, config.data.validation, config.data.seed, f"{task.name}/validation")
+    held = sample(examples, ref.validation, config.data.seed, f"{task.name}/validation")
     if len(held) == len(examples):
         raise ConfigError(f"data.validation: task {task.name} has only {len(examples)} training examples, "
-                          f"none left to train on after holding out {config.data.validation}")
+                          f"none left to train on after holding out {ref.validation}")
     kept = {id(example) for example in held}
     return held, [example for example in examples if id(example) not in kept]
 
