@@ -71,10 +71,20 @@ def plot_losses(log_path: Path, target: Path) -> bool:
     return True
 
 
-def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], target: Path) -> bool:
-    """weights (L, tasks, K): one small heatmap per MTA layer."""
+def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], target: Path,
+               assignment=None) -> bool:
+    """weights (L, tasks, K): one small heatmap per MTA layer. With `assignment` (tasks,), the
+    gates are residual: what was learned on top of the one-hot stage-1 assignment is drawn,
+    on a colour scale centred on 0."""
     if weights.numel() == 0:
         return False
+    title, scale = "Gate weights: task (rows) x expert (columns)", {"vmin": 0, "vmax": 1, "cmap": "viridis"}
+    if assignment is not None:
+        weights = weights.clone()
+        weights[:, range(len(task_names)), assignment] -= 1.0
+        largest = max(float(weights.abs().max()), 1e-6)
+        title = "Learned gate weights added to the stage-1 assignment: task (rows) x expert (columns)"
+        scale = {"vmin": -largest, "vmax": largest, "cmap": "RdBu_r"}
     layers = weights.shape[0]
     columns = min(6, layers)
     rows = math.ceil(layers / columns)
@@ -84,11 +94,11 @@ def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], t
         if index >= layers:
             axis.axis("off")
             continue
-        image = axis.imshow(weights[index].numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        image = axis.imshow(weights[index].numpy(), aspect="auto", **scale)
         axis.set_title(layer_names[index], fontsize=8)
         axis.set_yticks(range(len(task_names)), task_names if index % columns == 0 else [], fontsize=7)
         axis.set_xticks(range(weights.shape[2]), [str(k) for k in range(weights.shape[2])], fontsize=6)
-    figure.suptitle("Gate weights: task (rows) x expert (columns)")
+    figure.suptitle(title)
     figure.colorbar(image, ax=axes, shrink=0.5, label="gate weight")
     figure.savefig(target, dpi=120)
     plt.close(figure)
@@ -141,7 +151,10 @@ def write_report(out: Path, model, report: dict[str, Any]) -> dict[str, Any]:
     if plot_losses(out / "log.jsonl", out / "loss_curves.png"):
         plots["loss_curves"] = "loss_curves.png"
     layer_names = [f"{'decoder ' if layer.stack == 'decoder' else ''}layer {layer.block}" for layer in model.mta_layers]
-    if plot_gates(model.task_gate_weights(), [t.name for t in tasks], layer_names, out / "gates.png"):
+    gates = [layer.gate for layer in model.mta_layers]
+    residual = bool(gates) and not bool(gates[0].fixed) and bool(gates[0].residual)
+    if plot_gates(model.task_gate_weights(), [t.name for t in tasks], layer_names, out / "gates.png",
+                  gates[0].assignment.cpu() if residual else None):
         plots["gates"] = "gates.png"
     report["plots"] = plots
     (out / "report.json").write_text(json.dumps(report, indent=2))
