@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from alter.config import parse_config
+from alter.config import ConfigError, parse_config
 from alter.data.mixture import batch_plan, mixture_rates
 from alter.data.readers import DataError
 from alter.data.registry import TaskNotFoundError, TaskRegistry, builtin_registry
 from alter.data.task import Example, TaskSpec, data_root
-from alter.train.run import load_split, load_tasks, load_validation
+from alter.train.run import load_held_out, load_split, load_tasks, load_validation
 
 
 def test_builtin_tasks_read_the_shared_data(registry):
@@ -127,3 +127,21 @@ def test_validation_examples_are_held_out_of_training_and_auxiliary_tasks_are_no
     assert all("QNLI/dev.tsv:" in e.source for e in train["qnli"])  # its dev file, as a training set
     again = load_split(config, tasks, "train", training=True)
     assert [e.source for e in again["rte"]] == [e.source for e in train["rte"]]
+
+
+def test_held_out_examples_are_apart_from_training_and_validation():
+    config = parse_config({"data": {"validation": 10, "held_out": 15, "tasks": [
+        {"name": "rte", "max_train": 100}, {"name": "qnli", "train_split": "dev", "scored": False, "max_train": 20}]},
+        "stages": [{"kind": "stage1"}, {"kind": "stage2", "train_on": "held_out"}]})
+    tasks = load_tasks(config)
+    train, held = load_split(config, tasks, "train", training=True), load_held_out(config, tasks)
+    validation = load_validation(config, tasks)
+    assert {name: len(rows) for name, rows in held.items()} == {"rte": 15}  # none for an auxiliary task
+    parts = [{e.source for e in rows} for rows in (train["rte"], held["rte"], validation["rte"])]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
+def test_training_on_held_out_examples_needs_some():
+    with pytest.raises(ConfigError, match="stages.1.train_on: held_out needs held-out examples"):
+        parse_config({"data": {"tasks": ["rte"]}, "stages": [{"kind": "stage1"},
+                                                             {"kind": "stage2", "train_on": "held_out"}]})

@@ -102,6 +102,7 @@ base:
   model: {{backbone: tiny-llama, max_source_length: 64, max_target_length: 16, mta: {{kind: bottleneck, rank: 4}}}}
   data:
     validation: 4
+    held_out: 4
     tasks:
       - {{name: rte, max_train: 16, max_eval: 8}}
       - {{name: qnli, train_split: dev, scored: false, max_train: 16}}
@@ -120,6 +121,13 @@ systems:
       stages:
         - {{kind: stage1, steps: 4, batch_size: 4, lr: 1.0e-3}}
         - {{kind: stage2, steps: 3, batch_size: 4, lr: 5.0e-2, collaboration: softmax}}
+  held_out_gates:
+    seeds: [0]
+    starts_from: {{system: mta, stage: stage1}}
+    set:
+      stages:
+        - {{kind: stage1, steps: 4, batch_size: 4, lr: 1.0e-3}}
+        - {{kind: stage2, steps: 2, batch_size: 4, lr: 1.0e-2, train_on: held_out}}
   single_lora:
     per_task: true
     seeds: [0]
@@ -166,6 +174,13 @@ def test_a_variant_starts_from_the_shared_stage_without_training_it_again(seeded
     report = json.loads((variant / "report.json").read_text())
     assert report["stages"]["stage2"]["steps"] == 3
     assert not (out / "seed1" / "softmax_gates").exists()  # seed 0 only
+
+
+def test_gates_trained_on_held_out_examples_see_no_auxiliary_task(seeded):
+    _, _, out = seeded
+    records = [json.loads(line) for line in (out / "seed0" / "held_out_gates" / "log.jsonl").read_text().splitlines()]
+    stage2 = [record for record in records if record["stage"] == "stage2" and "task_loss" in record]
+    assert stage2 and all("qnli" not in record["task_loss"] for record in stage2)
 
 
 def test_a_variant_whose_shared_stage_differs_is_refused(seeded, tmp_path):

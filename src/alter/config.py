@@ -75,6 +75,9 @@ class DataConfig(_Strict):
     # that choose the best checkpoint (`eval_every`) and compare settings, so that nothing is
     # tuned on the evaluation split.
     validation: int | None = Field(default=None, ge=1)
+    # Examples held out of each scored task's training split for stages with `train_on:
+    # held_out` (beside and apart from `validation`); no other stage trains on them.
+    held_out: int | None = Field(default=None, ge=1)
     mixture: MixtureConfig = MixtureConfig()
 
     def scored_tasks(self) -> list[str]:
@@ -109,6 +112,9 @@ class StageConfig(_Strict):
     train_backbone: bool = False
     train_heads: bool | None = None  # default: yes in stage1/joint, no in stage2
     mixture: MixtureConfig | None = None  # this stage's task rates, when not `data.mixture`
+    # What the stage trains on: the training examples, or `data.held_out`, examples that the
+    # earlier stages never saw: gates fitted there learn which experts carry over to new inputs.
+    train_on: Literal["train", "held_out"] = "train"
     # How the gates leave the stage-1 assignment (stage2, joint; docs/results.md compares them).
     # residual: each task keeps its own expert at weight 1 and learns additive weights on every
     # expert, from 0, so the stage starts from the stage-1 model itself. softmax: softmax of
@@ -157,6 +163,14 @@ class Config(_Strict):
         labels = [stage.label for stage in self.stages]
         if len(set(labels)) != len(labels):
             raise ValueError("stages: stage names must be unique (set `name:` on repeated kinds)")
+        return self
+
+    @model_validator(mode="after")
+    def _held_out_training_needs_held_out_examples(self) -> Config:
+        if not self.data.held_out:
+            for index, stage in enumerate(self.stages):
+                if stage.train_on == "held_out":
+                    raise ValueError(f"stages.{index}.train_on: held_out needs held-out examples: set data.held_out")
         return self
 
     @model_validator(mode="after")

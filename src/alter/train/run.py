@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from alter.config import Config, ConfigError, MixtureConfig, ModelConfig, StageConfig, TaskRef
+from alter.config import Config, ConfigError, MixtureConfig, ModelConfig, TaskRef
 from alter.data.collate import Encoded
 from alter.data.mixture import mixture_rates
 from alter.data.registry import builtin_registry
@@ -58,7 +58,7 @@ def load_split(config: Config, tasks: Sequence[Task], split: str, training: bool
         if not training and not ref.scored:
             continue  # an auxiliary task: trained on, never scored
         if training:
-            examples = _training_pool(config, task, ref, split)[1]
+            examples = _training_pool(config, task, ref, split)[2]
         else:
             examples = task.read(split, data_root(config.data.root))
         sets[task.name] = sample(examples, ref.max_train if training else ref.max_eval, config.data.seed, task.name)
@@ -66,35 +66,45 @@ def load_split(config: Config, tasks: Sequence[Task], split: str, training: bool
 
 
 def load_validation(config: Config, tasks: Sequence[Task]) -> dict[str, list[Example]]:
-    """The held-out part of each scored task's training split (`data.validation`), or {}."""
+    """The held-out validation part of each scored task's training split (`data.validation`)."""
     refs = {ref.name: ref for ref in config.data.refs()}
     return {task.name: _training_pool(config, task, refs[task.name], config.data.train_split)[0]
             for task in tasks if refs[task.name].validation}
 
 
-def _training_pool(config: Config, task: Task, ref: TaskRef, split: str) -> tuple[list[Example], list[Example]]:
-    """(held-out validation examples, the rest) of a task's training split."""
+def load_held_out(config: Config, tasks: Sequence[Task]) -> dict[str, list[Example]]:
+    """The part of each scored task's training split kept for `train_on: held_out` stages."""
+    refs = {ref.name: ref for ref in config.data.refs()}
+    return {task.name: _training_pool(config, task, refs[task.name], config.data.train_split)[1]
+            for task in tasks if refs[task.name].scored and config.data.held_out}
+
+
+def _training_pool(config: Config, task: Task, ref: TaskRef,
+                   split: str) -> tuple[list[Example], list[Example], list[Example]]:
+    """(validation examples, held-out examples, the rest) of a task's training split."""
     examples = task.read(ref.train_split or split, data_root(config.data.root))
     if ref.min_train_words:
         examples = [example for example in examples if words(example) >= ref.min_train_words]
-    if not ref.validation:
-        return [], examples
-    held = sample(examples, ref.validation, config.data.seed, f"{task.name}/validation")
-    if len(held) == len(examples):
-        raise ConfigError(f"data.validation: task {task.name} has only {len(examples)} training examples, "
-                          f"none left to train on after holding out {ref.validation}")
-    kept = {id(example) for example in held}
-    return held, [example for example in examples if id(example) not in kept]
+    parts = []
+    for key, size in (("validation", ref.validation), ("held_out", config.data.held_out if ref.scored else None)):
+        part = sample(examples, size, config.data.seed, f"{task.name}/{key}") if size else []
+        if len(part) == len(examples) and part:
+            raise ConfigError(f"data.{key}: task {task.name} has only {len(examples)} training examples, "
+                              f"none left to train on after holding out {size}")
+        kept = {id(example) for example in part}
+        examples = [example for example in examples if id(example) not in kept]
+        parts.append(part)
+    return parts[0], parts[1], examples
 
 
-def stage_data(model: MTAModel, config: Config, train_sets: dict[str, list[Example]]) -> StageData:
-    rows: list[list[Encoded]] = [model.encode(train_sets[task.name]) for task in model.tasks]
+def stage_data(model: MTAModel, config: Config, sets: dict[str, list[Example]], held_out: bool = False) -> StageData:
+    """Encoded examples and mixture rates of every task. `held_out`: the held-out examples,
+    which auxiliary tasks lack (they get a rate of 0)."""
+    rows: list[list[Encoded]] = [model.encode(sets.get(task.name, [])) for task in model.tasks]
     for task, encoded in zip(model.tasks, rows):
-        if not encoded:
+        if not encoded and not held_out:
             raise ValueError(f"task {task.name} has no training examples")
-    sizes = {task.name: len(encoded) for task, encoded in zip(model.tasks, rows)}
-    rates = task_rates(config, sizes)
-    return StageData(rows, [rates[name] for name in sizes], list(sizes))
+    return with_mixture(config, StageData(rows, [0.0] * len(rows), [task.name for task in model.tasks]))
 
 
 def task_rates(config: Config, sizes: dict[str, int], mix: MixtureConfig | None = None) -> dict[str, float]:
@@ -104,13 +114,13 @@ def task_rates(config: Config, sizes: dict[str, int], mix: MixtureConfig | None 
     return mixture_rates(sizes, mix.sampling, mix.temperature, mix.rates)
 
 
-def with_stage_mixture(config: Config, data: StageData, stage: StageConfig) -> StageData:
-    """The stage's own task rates, where it sets a mixture."""
-    if stage.mixture is None:
-        return data
-    sizes = {name: len(rows) for name, rows in zip(data.task_names, data.rows)}
-    rates = task_rates(config, sizes, stage.mixture)
-    return StageData(data.rows, [rates[name] for name in data.task_names], data.task_names)
+def with_mixture(config: Config, data: StageData, mix: MixtureConfig | None = None) -> StageData:
+    """`data` with the rates of `mix` (default the config's); a task without examples gets 0."""
+    sizes = {name: len(rows) for name, rows in zip(data.task_names, data.rows) if rows}
+    mix = mix or config.data.mixture
+    manual = {name: rate for name, rate in (mix.rates or {}).items() if name in sizes} if mix.rates else None
+    rates = task_rates(config, sizes, mix.model_copy(update={"rates": manual}))
+    return StageData(data.rows, [rates.get(name, 0.0) for name in data.task_names], data.task_names)
 
 
 def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any] = MTAModel) -> dict[str, Any]:
@@ -168,10 +178,14 @@ def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any]
         the config holds some out (`data.validation`), else the evaluation split."""
         return macro_average(tasks, evaluate(model, validation or eval_sets, config.eval, ranks))
 
-    data = stage_data(model, config, train_sets)
+    data = {"train": stage_data(model, config, train_sets)}
     stages, after_stage = [], {}
     for index, stage in enumerate(config.stages):
-        result = train_stage(model, stage, with_stage_mixture(config, data, stage), out / "stages" / stage.label,
+        if stage.train_on not in data:
+            data[stage.train_on] = stage_data(model, config, load_held_out(config, tasks), held_out=True)
+        stage_rows = data[stage.train_on] if stage.mixture is None else with_mixture(config, data[stage.train_on],
+                                                                                      stage.mixture)
+        result = train_stage(model, stage, stage_rows, out / "stages" / stage.label,
                              journal, seed=config.seed + index, evaluate=eval_macro, ranks=ranks)
         stages.append(result)
         if config.eval.after_each_stage and index < len(config.stages) - 1:
