@@ -188,6 +188,9 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
                                    for task in tasks), "macro"]
     if results["classification_tasks"]:
         header.append("macro (classification)")
+    validated = any("validation_macro" in result for result in systems.values())
+    if validated:
+        header.append("validation macro")
     header += [f"{reference} − system [95% CI]", "trainable params", "train (s)", "eval (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in systems.items():
@@ -196,6 +199,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         cells = [name, str(len(result["seeds"])), *(cell(result, task) for task in tasks), macro]
         if results["classification_tasks"]:
             cells.append(f"{result['macro_classification']:.1f}" if "macro_classification" in result else "–")
+        if validated:
+            cells.append(f"{result['validation_macro']:.1f}" if "validation_macro" in result else "–")
         cells += [_difference(result.get(f"paired_vs_{reference}")), f"{result['trainable_params']:,}",
                   f"{result['train_seconds']:.0f}", f"{result.get('eval_seconds', 0):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -206,7 +211,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     text = ["# Results", "",
             "Scores on a 0-100 scale: mean over each system's seeds (± standard deviation when it has "
             "several); after each task, its main metric and number of evaluation examples. Macro: the mean "
-            "of each task's main metric over the tasks a system has. "
+            "of each task's main metric over the tasks a system has; validation macro: the same on the examples "
+            "held out of the training splits (what settings are compared by). "
             f"`{reference} − system`: {reference}'s macro minus the system's on the tasks both have, seeds "
             "pooled, with a 95% paired bootstrap interval over the evaluation examples (the same resamples "
             "for both); **bold** where the interval excludes zero."
