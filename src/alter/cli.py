@@ -42,23 +42,32 @@ def friendly_errors(command):
 
 
 def score_table(title: str, metrics: dict, before: dict | None = None, macro: float | None = None,
-                macro_before: float | None = None) -> Table:
+                macro_before: float | None = None, trivial: dict | None = None,
+                macro_trivial: float | None = None) -> Table:
+    """Scores (0-100) of every task and metric, beside the untrained model's and the trivial
+    ones (`trivial`: {task: {"metrics": ...}}) when given."""
     table = Table(title=title)
     table.add_column("task")
     table.add_column("metric")
     if before:
         table.add_column("untrained", justify="right")
+    if trivial:
+        table.add_column("trivial", justify="right")
     table.add_column("score" if not before else "trained", justify="right")
     for task, values in metrics.items():
         for metric, value in values.items():
             cells = [task, metric]
             if before:
                 cells.append(f"{100 * before[task][metric]:.1f}")
+            if trivial:
+                floor = trivial.get(task, {}).get("metrics", {}).get(metric)
+                cells.append("–" if floor is None else f"{100 * floor:.1f}")
             cells.append(f"{100 * value:.1f}")
             table.add_row(*cells)
     if macro is not None:
         untrained = [f"{macro_before:.1f}" if macro_before is not None else ""] if before else []
-        table.add_row("macro", "main metrics", *untrained, f"{macro:.1f}")
+        floors = [f"{macro_trivial:.1f}" if macro_trivial is not None else ""] if trivial else []
+        table.add_row("macro", "main metrics", *untrained, *floors, f"{macro:.1f}")
     return table
 
 
@@ -81,10 +90,14 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
     if os.environ.get("RANK", "0") != "0":
         return  # the main process prints the scores
     console.print(score_table(f"{cfg.output_dir}", report["metrics"], report.get("before_training"),
-                              report["macro"], report.get("macro_before_training")))
+                              report["macro"], report.get("macro_before_training"), report.get("trivial"),
+                              report.get("macro_trivial")))
+    for line in report["shortfalls"]:
+        console.print(f"[yellow]not learned:[/yellow] {line}")
     for label, stage in report["stages"].items():
         console.print(f"{label}: {stage['trainable_params']:,} trainable parameters, "
                       f"{stage['wall_seconds']:.1f} s, {stage['tokens_per_s']:.0f} tokens/s")
+    console.print(f"training {report['train_seconds']:.0f} s, evaluation {sum(report['eval_seconds'].values()):.0f} s")
     console.print(f"report: {cfg.output_dir}/report.md, model: {cfg.output_dir}/model")
 
 
