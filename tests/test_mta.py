@@ -9,6 +9,7 @@ from alter.config import StageConfig
 from alter.data.collate import Encoded
 from alter.model import MTAModel
 from alter.mta import RoutingError
+from alter.mta.inject import UnsupportedBackboneError
 from alter.train.stages import prepare_stage
 from tests.conftest import model_config, randomise_experts
 
@@ -153,3 +154,34 @@ def test_mta_layer_outside_the_model_says_how_to_route(registry):
     model = MTAModel(model_config("tiny-llama"), tasks_for(registry, "lm"))
     with pytest.raises(RoutingError, match="routing"):
         model.backbone(input_ids=torch.tensor([[5, 6, 7]]))
+
+
+ATTENTION_TARGETS = [("tiny-llama", "lm", ["self_attn.q_proj", "self_attn.v_proj"]),
+                     ("tiny-t5", "lm", ["layer.0.SelfAttention.q", "layer.0.SelfAttention.v"]),
+                     ("tiny-gpt2", "lm", ["attn.c_attn"]),
+                     ("tiny-bert", "classifier", ["attention.self.query", "attention.self.value"])]
+
+
+@pytest.mark.parametrize("backbone,head,targets", ATTENTION_TARGETS)
+def test_lora_experts_in_attention_route_every_row_to_its_task(registry, samples, backbone, head, targets):
+    """LoRA experts on attention projections: a fresh model is its backbone, experts matter once
+    trained, and a mixed-task batch equals its tasks' batches alone."""
+    tasks = tasks_for(registry, head)
+    examples = examples_for(samples, head)
+    plain = MTAModel(model_config(backbone, head, enabled=False), tasks).eval()
+    model = MTAModel(model_config(backbone, head, kind="lora", targets=targets), tasks).eval()
+    model.head.load_state_dict(plain.head.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model(model.encode(examples)), plain(plain.encode(examples)))
+    randomise_experts(model)
+    model.start_collaboration("softmax", 0.6)
+    with torch.no_grad():
+        mixed = model(model.encode(examples))
+        single = torch.cat([model(model.encode([e for e in examples if e.task == t.name])) for t in tasks])
+        assert not torch.allclose(mixed, plain(plain.encode(examples)))
+    torch.testing.assert_close(mixed, single, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unknown_lora_target_names_the_block_s_linear_layers(registry):
+    with pytest.raises(UnsupportedBackboneError, match=r"mta.targets: no layer 'attn.q'.*self_attn.q_proj"):
+        MTAModel(model_config("tiny-llama", kind="lora", targets=["attn.q"]), tasks_for(registry, "lm"))

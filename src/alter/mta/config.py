@@ -31,6 +31,9 @@ class MTAConfig(BaseModel):
     top_k: int | None = Field(default=None, ge=1)
     shared_expert: bool = False
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    # LoRA experts: the linear layers of each block that carry them, as paths inside the block
+    # (e.g. [self_attn.q_proj, self_attn.v_proj], where PEFT's LoRA goes); default: the FFN's.
+    targets: list[str] | None = None
     # Stage 1 assignment of tasks to experts: one expert per task, tasks grouped by kind
     # (classification / entailment / generation, as ALTER's code groups them), or by hand.
     assignment: Literal["one_per_task", "by_kind"] | dict[str, int] = "one_per_task"
@@ -39,4 +42,7 @@ class MTAConfig(BaseModel):
     def _check_top_k(self) -> MTAConfig:
         if self.top_k is not None and self.num_experts is not None and self.top_k > self.num_experts:
             raise ValueError(f"mta.top_k ({self.top_k}) exceeds mta.num_experts ({self.num_experts})")
+        if self.targets is not None and (self.kind != "lora" or not self.targets):
+            raise ValueError("mta.targets names the linear layers of LoRA experts: set mta.kind=lora "
+                             "and at least one layer")
         return self

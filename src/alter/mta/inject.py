@@ -132,17 +132,25 @@ def _attach(layer: MTALayer, block: nn.Module, family: FFNMap, hidden_size: int,
     if config.kind == "bottleneck":
         layer.experts = BottleneckExperts(num_experts, hidden_size, config.rank, config.dropout)
         _resolve(block, family.ffn_out).register_forward_hook(layer.after_ffn)
-    else:  # LoRA experts live inside the FFN's linear layers and read the layer's gate slot.
+    else:  # LoRA experts live inside linear layers (the FFN's by default) and read the layer's gate slot.
         ffn = _resolve(block, family.ffn_in)
-        targets = family.lora_targets or tuple(
+        targets = config.targets or family.lora_targets or tuple(
             f"{family.ffn_in}.{name}" for name, module in ffn.named_modules() if name and _is_linear(module)
         )
         for path in targets:
-            base = _resolve(block, path)
+            try:
+                base = _resolve(block, path)
+            except (AttributeError, IndexError):
+                linears = [name for name, module in block.named_modules() if name and _is_linear(module)]
+                raise UnsupportedBackboneError(f"mta.targets: no layer '{path}' in a {type(block).__name__}; "
+                                               f"its linear layers: {', '.join(linears)}") from None
             _replace(block, path, LoRAExpertLinear(base, num_experts, config.rank, config.lora_alpha,
                                                    layer.slot, config.dropout))
+        if config.targets:  # experts outside the FFN (e.g. in attention): gates before the block runs
+            block.register_forward_pre_hook(layer.before_experts, with_kwargs=True)
+            return
     # Registered last, on the module that now stands at ffn_in (a LoRA wrapper may have replaced it).
-    _resolve(block, family.ffn_in).register_forward_pre_hook(layer.before_ffn, with_kwargs=True)
+    _resolve(block, family.ffn_in).register_forward_pre_hook(layer.before_experts, with_kwargs=True)
 
 def _is_linear(module: nn.Module) -> bool:
     try:

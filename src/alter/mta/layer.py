@@ -16,16 +16,19 @@ from alter.mta.routing import current_routing
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
     if args:
         return args[0]
+    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+        return kwargs["hidden_states"]
     return next(value for value in kwargs.values() if isinstance(value, torch.Tensor))
 
 
 class MTALayer(nn.Module):
     """Gate + experts for one transformer block.
 
-    A forward pre-hook on the FFN's first module reads the task ids from the routing context
-    and computes the gate weights (B, K); the experts then act according to their kind:
-    bottleneck experts add their output after the FFN's last module, LoRA experts read the
-    weights from a shared slot, FFN copies replace the FFN.
+    A forward pre-hook on the FFN's first module (on the block itself for LoRA experts placed
+    elsewhere, e.g. in attention) reads the task ids from the routing context and computes the
+    gate weights (B, K); the experts then act according to their kind: bottleneck experts add
+    their output after the FFN's last module, LoRA experts read the weights from a shared slot,
+    FFN copies replace the FFN.
     """
 
     def __init__(self, index: int, stack: str, block: int, hidden_size: int, num_tasks: int,
@@ -70,7 +73,7 @@ class MTALayer(nn.Module):
         return gates
 
     # --- hooks --------------------------------------------------------------------------
-    def before_ffn(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def before_experts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         x = _first_tensor(args, kwargs)
         self.slot.gates = self.gate_weights(x)
         self._ffn_input = x
