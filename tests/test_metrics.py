@@ -6,7 +6,7 @@ import pytest
 
 from alter.data.task import Example
 from alter.evaluate.evaluator import compute_task_metrics
-from alter.evaluate.metrics import compute
+from alter.evaluate.metrics import compute, pearson, spearman
 
 
 def test_mrpc_f1_is_the_f1_of_equivalent_pairs(registry):
@@ -22,3 +22,9 @@ def test_f1_of_more_than_two_labels_is_the_macro_average():
     predictions, references = ["a", "b", "c", "c"], ["a", "b", "c", "a"]
     # per label: a 2/3, b 1, c 2/3
     assert compute(["f1"], predictions, references, ["a", "b", "c"])["f1"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+
+
+def test_a_constant_prediction_has_no_correlation_even_with_rounding():
+    """A training mean repeated (the trivial regressor): numpy's std of [2.58] * 7 is 4e-16, not 0."""
+    assert spearman([2.58] * 7, [1, 2, 3, 4, 5, 6, 7]) == {"spearman": 0.0}
+    assert pearson([2.58] * 7, [1, 2, 3, 4, 5, 6, 7]) == {"pearson": 0.0}

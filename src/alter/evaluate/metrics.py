@@ -30,8 +30,9 @@ def mcc(predictions: Sequence, references: Sequence) -> dict[str, float]:
 
 
 def _correlation(function: Callable, predictions: Sequence[float], references: Sequence[float]) -> float:
-    if np.std(predictions) == 0 or np.std(references) == 0:
-        return 0.0  # undefined for constant predictions; report no correlation
+    # Undefined for constant predictions (a float repeated may show a std of 1e-16): report none.
+    if np.ptp(predictions) == 0 or np.ptp(references) == 0:
+        return 0.0
     return float(function(predictions, references)[0])
 
 

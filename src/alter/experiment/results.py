@@ -4,6 +4,7 @@ parameters and training time; JSON, Markdown and plots (loss convergence, MTA ga
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -133,8 +134,9 @@ def _trivial(out: Path) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for path in sorted(out.glob("seed*/**/report.json")):
         for task, trivial in json.loads(path.read_text()).get("trivial", {}).items():
-            found.setdefault(task, {"metrics": {k: round(100 * v, 2) for k, v in trivial["metrics"].items()},
-                                    "rule": trivial["rule"]})
+            if all(math.isfinite(value) for value in trivial["metrics"].values()):  # runs before a NaN fix
+                found.setdefault(task, {"metrics": {k: round(100 * v, 2) for k, v in trivial["metrics"].items()},
+                                        "rule": trivial["rule"]})
     return found
 
 
