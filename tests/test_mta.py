@@ -185,3 +185,17 @@ def test_lora_experts_in_attention_route_every_row_to_its_task(registry, samples
 def test_an_unknown_lora_target_names_the_block_s_linear_layers(registry):
     with pytest.raises(UnsupportedBackboneError, match=r"mta.targets: no layer 'attn.q'.*self_attn.q_proj"):
         MTAModel(model_config("tiny-llama", kind="lora", targets=["attn.q"]), tasks_for(registry, "lm"))
+
+
+def test_a_shared_lora_expert_in_attention_trains_on_every_task(registry, samples):
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", kind="lora", shared_expert=True,
+                                  targets=["self_attn.q_proj", "self_attn.v_proj"]), tasks)
+    prepare_stage(model, StageConfig(kind="stage1"))
+    lora = model.backbone.model.layers[0].self_attn.q_proj
+    assert lora.lora_A.shape[0] == len(tasks) + 1  # one expert per task and the shared one
+    with torch.no_grad():
+        lora.lora_B.normal_()  # zero at first, which would stop every gradient to lora_A
+    model(model.encode([samples["sst2"][0]])).sum().backward()  # one sst2 row
+    touched = lora.lora_A.grad.abs().sum(dim=(1, 2)) > 0  # (K + 1,)
+    assert touched.tolist() == [True, False, False, True]  # sst2's own expert and the shared one
