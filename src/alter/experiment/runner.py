@@ -22,7 +22,7 @@ from alter.evaluate.trivial import lead
 from alter.experiment.config import ExperimentConfig, SystemConfig
 from alter.experiment.results import write_results
 from alter.model import MTAModel
-from alter.train.resume import differences
+from alter.train.resume import differences, resume_conflict
 from alter.train.run import load_split, load_tasks, run_training, task_rates
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def run_experiment(config: ExperimentConfig, only: list[str] | None = None) -> d
                 continue
             target = out / f"seed{seed}" / name / RESULT_FILE
             if target.exists():
+                _check_unchanged(config, name, seed, target.parent)
                 log.info("seed %d, %s: done before, kept", seed, name)
                 continue
             log.info("seed %d, %s: running", seed, name)
@@ -51,6 +52,17 @@ def run_experiment(config: ExperimentConfig, only: list[str] | None = None) -> d
             result = run_system(config, name, seed, target.parent)
             target.write_text(json.dumps(result, indent=2))
     return write_results(config, out)
+
+
+def _check_unchanged(config: ExperimentConfig, name: str, seed: int, run_dir: Path) -> None:
+    """A finished system is kept only if the config still describes the run that made it;
+    otherwise its old scores would be mixed with new ones under one name."""
+    system = config.systems[name]
+    if system.kind != "train" or system.per_task:
+        return
+    conflict = resume_conflict(run_dir, config.train_config(name, seed, run_dir))
+    if conflict:
+        raise ConfigError(f"seed {seed}, system {name}: {conflict}")
 
 
 def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dict[str, Any]:
@@ -156,6 +168,8 @@ def _combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "predictions": {task: f"{task}/predictions_final.json" for task in reports},
         "per_task": {task: {k: part[k] for k in ("train_seconds", "trainable_params", "stages")}
                      for task, part in parts.items()},
+        **({"validation_macro": sum(part["validation_macro"] for part in parts.values()) / len(parts)}
+           if all("validation_macro" in part for part in parts.values()) else {}),
         "eval_examples": {task: reports[task]["eval_examples"][task] for task in reports},
         "log": {task: f"{task}/log.jsonl" for task in reports},
     }
