@@ -198,8 +198,8 @@ def test_a_variant_whose_shared_stage_differs_is_refused(seeded, tmp_path):
 
 def test_a_finished_system_whose_config_changed_is_refused_not_mixed(seeded, tmp_path):
     _, _, out = seeded
-    changed = (out / "experiment.yaml").read_text().replace(
-        "    - {kind: stage2, steps: 2, batch_size: 4, lr: 1.0e-2}", "    - {kind: stage2, steps: 2, batch_size: 4, lr: 3.0e-2}")
+    stage2 = "    - {kind: stage2, steps: 2, batch_size: 4, lr: 1.0e-2}"
+    changed = (out / "experiment.yaml").read_text().replace(stage2, stage2.replace("1.0e-2", "3.0e-2"))
     (tmp_path / "changed.yaml").write_text(changed)
     with pytest.raises(ConfigError, match=r"seed 0, system mta: .*stages.1.lr: 0.01 -> 0.03"):
         run_experiment(load_experiment(tmp_path / "changed.yaml"))
