@@ -125,7 +125,7 @@ def experiment(config: Annotated[Path, typer.Argument(help="experiment YAML file
 def experiment_table(results: dict, title: str) -> Table:
     """Every system's mean scores, its difference from the reference system with the paired
     95% interval (* where it excludes zero), and the tasks' trivial scores."""
-    from alter.experiment.paired import excludes_zero
+    from alter.experiment.results import format_difference
 
     reference, trivial = results["reference"], results.get("trivial", {})
     table = Table(title=f"{title} (0-100, mean over each system's seeds)")
@@ -135,9 +135,7 @@ def experiment_table(results: dict, title: str) -> Table:
         table.add_column(column, justify="left" if column == "system" else "right")
     for name, result in results["systems"].items():
         cells = [f"{result['tasks'][t][result['main_metrics'][t]]:.1f}" if t in result["tasks"] else "–" for t in tasks]
-        paired = result.get(f"paired_vs_{reference}")
-        difference = "–" if paired is None else (f"{paired['macro_diff']:+.1f} [{paired['ci95'][0]:+.1f}, "
-                                                 f"{paired['ci95'][1]:+.1f}]" + ("*" if excludes_zero(paired) else ""))
+        difference = format_difference(result.get(f"paired_vs_{reference}"), significant="{}*")
         table.add_row(name, str(len(result["seeds"])), *cells, f"{result['macro']:.1f}", difference,
                       f"{result['trainable_params']:,}", f"{result['train_seconds']:.0f}",
                       f"{result.get('eval_seconds', 0):.0f}")

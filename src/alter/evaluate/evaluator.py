@@ -11,14 +11,8 @@ from alter.config import EvalConfig
 from alter.data.task import Example, Task
 from alter.distributed import SINGLE, Ranks
 from alter.evaluate.metrics import compute
-from alter.evaluate.predictions import task_record
+from alter.evaluate.predictions import references_of, task_record
 from alter.model import MTAModel
-
-
-def references_of(task: Task, examples: Sequence[Example]) -> list:
-    if task.kind == "generation":
-        return [list(example.references) for example in examples]
-    return [example.target for example in examples]
 
 
 @dataclass

@@ -19,11 +19,19 @@ from alter.evaluate.metrics import compute
 PER_EXAMPLE = {"accuracy", "rouge1", "rouge2", "rougeL", "rougeLsum"}  # means over examples
 
 
+def references_of(task: Task, examples: Sequence[Example]) -> list:
+    """What a task's metrics compare predictions with: every reference text of a summary, the
+    label or score otherwise."""
+    if task.kind == "generation":
+        return [list(example.references) for example in examples]
+    return [example.target for example in examples]
+
+
 def task_record(task: Task, predictions: Sequence, examples: Sequence[Example]) -> dict[str, Any]:
     """{"metric", "labels", "sources", "predictions", "references"}, and "scores" (0-1, one
     per example) when the main metric is a mean over examples."""
     metric = task.main_metric
-    references = [list(e.references) for e in examples] if task.kind == "generation" else [e.target for e in examples]
+    references = references_of(task, examples)
     record: dict[str, Any] = {"metric": metric, "labels": task.spec.labels, "sources": [e.source for e in examples],
                               "predictions": list(predictions)}
     if metric in PER_EXAMPLE:

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from alter.data.task import Example, Task
-from alter.evaluate.metrics import compute
+from alter.evaluate.evaluator import compute_task_metrics
 
 # A sentence ends at . ! or ? followed by space, or at a line break (a dialogue's turn).
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -44,11 +44,13 @@ def trivial_scores(tasks: Sequence[Task], train_sets: dict[str, list[Example]],
             continue
         examples = eval_sets[task.name]
         predictions, rule = trivial_predictions(task, train_sets[task.name], examples)
-        references = [list(e.references) for e in examples] if task.kind == "generation" else [
-            e.target for e in examples]
-        results[task.name] = {"metrics": compute(task.metrics, predictions, references, task.spec.labels),
-                              "rule": rule}
+        results[task.name] = {"metrics": compute_task_metrics(task, predictions, examples), "rule": rule}
     return results
+
+
+def beats_trivial(score: float, floor: float) -> bool:
+    """Whether a score is above a trivial one; a tie is not (a constant predictor ties it)."""
+    return score > floor + 1e-9
 
 
 def shortfalls(tasks: Sequence[Task], after: dict, trivial: dict, before: dict | None) -> list[str]:
@@ -60,7 +62,7 @@ def shortfalls(tasks: Sequence[Task], after: dict, trivial: dict, before: dict |
             continue
         metric = task.main_metric
         score = after[task.name][metric]
-        if task.name in trivial and score <= trivial[task.name]["metrics"][metric] + 1e-9:
+        if task.name in trivial and not beats_trivial(score, trivial[task.name]["metrics"][metric]):
             floor = trivial[task.name]
             lines.append(f"{task.name}: {metric} {100 * score:.1f} is not above its trivial score "
                          f"{100 * floor['metrics'][metric]:.1f} ({floor['rule']})")

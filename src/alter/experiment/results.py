@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from alter.evaluate.predictions import read_predictions  # noqa: E402
+from alter.evaluate.trivial import beats_trivial  # noqa: E402
 from alter.experiment.config import ExperimentConfig  # noqa: E402
 from alter.experiment.paired import excludes_zero, paired_bootstrap  # noqa: E402
 
@@ -147,7 +148,7 @@ def shortfalls(systems: dict[str, dict], trivial: dict[str, dict]) -> list[str]:
         for task, metrics in result["tasks"].items():
             metric = result["main_metrics"][task]
             floor = trivial.get(task, {}).get("metrics", {}).get(metric)
-            if floor is not None and metrics[metric] <= floor + 1e-9:
+            if floor is not None and not beats_trivial(metrics[metric], floor):
                 lines.append(f"{name} on {task}: {metric} {metrics[metric]:.1f}, trivial {floor:.1f} "
                              f"({trivial[task]['rule']})")
     return lines
@@ -161,13 +162,14 @@ def _classification_tasks(systems: dict[str, dict], main_metrics: dict[str, str]
     return scored if len(scored) < len(tasks) else []
 
 
-def _difference(paired: dict[str, Any] | None) -> str:
-    """`+1.2 [0.3, 2.1]`, in bold where the interval excludes zero."""
+def format_difference(paired: dict[str, Any] | None, significant: str = "**{}**") -> str:
+    """`+1.2 [+0.3, +2.1]`, written as `significant` says (Markdown bold by default) where the
+    interval excludes zero."""
     if paired is None:
         return "–"
     low, high = paired["ci95"]
     text = f"{paired['macro_diff']:+.1f} [{low:+.1f}, {high:+.1f}]"
-    return f"**{text}**" if excludes_zero(paired) else text
+    return significant.format(text) if excludes_zero(paired) else text
 
 
 def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
@@ -184,7 +186,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         mean = result["tasks"][task][metric]
         value = f"{mean:.1f}" + (f" ± {result['tasks_std'][task][metric]:.1f}" if len(result["seeds"]) > 1 else "")
         floor = trivial.get(task, {}).get("metrics", {}).get(metric)
-        return value + (" †" if floor is not None and mean <= floor + 1e-9 else "")
+        return value + (" †" if floor is not None and not beats_trivial(mean, floor) else "")
 
     header = ["system", "seeds", *(f"{task} ({results['main_metrics'][task]}, {examples.get(task, '?')})"
                                    for task in tasks), "macro"]
@@ -203,7 +205,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             cells.append(f"{result['macro_classification']:.1f}" if "macro_classification" in result else "–")
         if validated:
             cells.append(f"{result['validation_macro']:.1f}" if "validation_macro" in result else "–")
-        cells += [_difference(result.get(f"paired_vs_{reference}")), f"{result['trainable_params']:,}",
+        cells += [format_difference(result.get(f"paired_vs_{reference}")), f"{result['trainable_params']:,}",
                   f"{result['train_seconds']:.0f}", f"{result.get('eval_seconds', 0):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if trivial:
@@ -223,7 +225,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
                if trivial else ""), "", *lines, ""]
     gain = results.get("stage2_gain")
     if gain:
-        text += [f"Stage 2's gain ({gain['of']} minus {gain['after']}): {_difference(gain)} macro points.", ""]
+        text += [f"Stage 2's gain ({gain['of']} minus {gain['after']}): {format_difference(gain)} macro points.", ""]
     text += [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(text) + "\n"
 
