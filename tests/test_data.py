@@ -11,7 +11,7 @@ from alter.data.mixture import batch_plan, mixture_rates
 from alter.data.readers import DataError
 from alter.data.registry import TaskNotFoundError, TaskRegistry, builtin_registry
 from alter.data.task import Example, TaskSpec, data_root
-from alter.train.run import load_held_out, load_split, load_tasks, load_validation
+from alter.train.run import load_split, load_tasks, load_training
 
 
 def test_builtin_tasks_read_the_shared_data(registry):
@@ -118,7 +118,7 @@ def test_validation_examples_are_held_out_of_training_and_auxiliary_tasks_are_no
         {"name": "qnli", "train_split": "dev", "scored": False, "max_train": 50}]}})
     tasks = load_tasks(config)
     train = load_split(config, tasks, "train", training=True)
-    held = load_validation(config, tasks)
+    held = load_training(config, tasks).validation
     dev = load_split(config, tasks, "dev", training=False)
     assert {name: len(rows) for name, rows in train.items()} == {"rte": 100, "cola": 100, "qnli": 50}
     assert {name: len(rows) for name, rows in held.items()} == {"rte": 20}  # cola: 0; qnli: never scored
@@ -134,8 +134,9 @@ def test_held_out_examples_are_apart_from_training_and_validation():
         {"name": "rte", "max_train": 100}, {"name": "qnli", "train_split": "dev", "scored": False, "max_train": 20}]},
         "stages": [{"kind": "stage1"}, {"kind": "stage2", "train_on": "held_out"}]})
     tasks = load_tasks(config)
-    train, held = load_split(config, tasks, "train", training=True), load_held_out(config, tasks)
-    validation = load_validation(config, tasks)
+    parts = load_training(config, tasks)
+    train, held, validation = parts.train, parts.held_out, parts.validation
+    assert train == load_split(config, tasks, "train", training=True)
     assert {name: len(rows) for name, rows in held.items()} == {"rte": 15}  # none for an auxiliary task
     parts = [{e.source for e in rows} for rows in (train["rte"], held["rte"], validation["rte"])]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])

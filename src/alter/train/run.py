@@ -7,6 +7,7 @@ import logging
 import random
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,36 +48,40 @@ def words(example: Example) -> int:
     return sum(len(text.split()) for text in example.inputs.values())
 
 
-def load_split(config: Config, tasks: Sequence[Task], split: str, training: bool) -> dict[str, list[Example]]:
-    """Each task's examples of `split`, capped. Training: the task's own `train_split` if it
-    names one, without the held-out validation examples; evaluation leaves out auxiliary
-    (unscored) tasks."""
+@dataclass
+class TrainingSets:
+    """Each task's examples of its training split, in three parts that share none."""
+
+    train: dict[str, list[Example]]  # what training draws from, capped at `max_train`
+    validation: dict[str, list[Example]]  # `data.validation`: for comparing settings, never trained on
+    held_out: dict[str, list[Example]]  # `data.held_out`: only for stages with `train_on: held_out`
+
+
+def load_training(config: Config, tasks: Sequence[Task], split: str | None = None) -> TrainingSets:
+    """The training split (`split`, default `data.train_split`; a task's own `train_split` where
+    it names one), each task's file read once and cut into its three parts."""
     refs = {ref.name: ref for ref in config.data.refs()}
-    sets = {}
+    sets = TrainingSets({}, {}, {})
     for task in tasks:
         ref = refs[task.name]
-        if not training and not ref.scored:
-            continue  # an auxiliary task: trained on, never scored
-        if training:
-            examples = _training_pool(config, task, ref, split)[2]
-        else:
-            examples = task.read(split, data_root(config.data.root))
-        sets[task.name] = sample(examples, ref.max_train if training else ref.max_eval, config.data.seed, task.name)
+        validation, held_out, rest = _training_pool(config, task, ref, split or config.data.train_split)
+        sets.train[task.name] = sample(rest, ref.max_train, config.data.seed, task.name)
+        if ref.validation:
+            sets.validation[task.name] = validation
+        if ref.scored and config.data.held_out:
+            sets.held_out[task.name] = held_out
     return sets
 
 
-def load_validation(config: Config, tasks: Sequence[Task]) -> dict[str, list[Example]]:
-    """The held-out validation part of each scored task's training split (`data.validation`)."""
+def load_split(config: Config, tasks: Sequence[Task], split: str, training: bool) -> dict[str, list[Example]]:
+    """Each task's examples of `split`, capped. Training: `load_training`'s training part;
+    evaluation leaves out auxiliary (unscored) tasks."""
+    if training:
+        return load_training(config, tasks, split).train
     refs = {ref.name: ref for ref in config.data.refs()}
-    return {task.name: _training_pool(config, task, refs[task.name], config.data.train_split)[0]
-            for task in tasks if refs[task.name].validation}
-
-
-def load_held_out(config: Config, tasks: Sequence[Task]) -> dict[str, list[Example]]:
-    """The part of each scored task's training split kept for `train_on: held_out` stages."""
-    refs = {ref.name: ref for ref in config.data.refs()}
-    return {task.name: _training_pool(config, task, refs[task.name], config.data.train_split)[1]
-            for task in tasks if refs[task.name].scored and config.data.held_out}
+    return {task.name: sample(task.read(split, data_root(config.data.root)), refs[task.name].max_eval,
+                              config.data.seed, task.name)
+            for task in tasks if refs[task.name].scored}  # an auxiliary task is trained on, never scored
 
 
 def _training_pool(config: Config, task: Task, ref: TaskRef,
@@ -139,12 +144,12 @@ def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any]
         (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     torch.manual_seed(config.seed)
     tasks = load_tasks(config)
-    train_sets = load_split(config, tasks, config.data.train_split, training=True)
+    training = load_training(config, tasks)
+    train_sets, validation = training.train, training.validation
     eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
     model = place(build(config.model, tasks), device, ranks, config.distributed.strategy)
     journal = JsonlLog(out / "log.jsonl", enabled=ranks.is_main)
 
-    validation = load_validation(config, tasks)
     eval_seconds: dict[str, float] = {}
 
     def score(name: str, what: str, keep: bool = True) -> dict[str, Any]:
@@ -182,7 +187,7 @@ def run_training(config: Config, build: Callable[[ModelConfig, list[Task]], Any]
     stages, after_stage = [], {}
     for index, stage in enumerate(config.stages):
         if stage.train_on not in data:
-            data[stage.train_on] = stage_data(model, config, load_held_out(config, tasks), held_out=True)
+            data[stage.train_on] = stage_data(model, config, training.held_out, held_out=True)
         stage_rows = data[stage.train_on] if stage.mixture is None else with_mixture(config, data[stage.train_on],
                                                                                       stage.mixture)
         result = train_stage(model, stage, stage_rows, out / "stages" / stage.label,
