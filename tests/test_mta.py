@@ -199,3 +199,19 @@ def test_a_shared_lora_expert_in_attention_trains_on_every_task(registry, sample
     model(model.encode([samples["sst2"][0]])).sum().backward()  # one sst2 row
     touched = lora.lora_A.grad.abs().sum(dim=(1, 2)) > 0  # (K + 1,)
     assert touched.tolist() == [True, False, False, True]  # sst2's own expert and the shared one
+
+
+def test_lora_experts_start_as_peft_lora_starts(registry):
+    """Task experts and the PEFT LoRA baselines take steps of one size at one learning rate."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = MTAModel(model_config("tiny-llama", kind="lora", targets=["self_attn.q_proj"]), tasks_for(registry, "lm"))
+    ours = model.backbone.model.layers[0].self_attn.q_proj
+    plain = AutoModelForCausalLM.from_config(model.backbone.config)
+    theirs = get_peft_model(plain, LoraConfig(r=ours.lora_A.shape[-1], target_modules=["q_proj"]))
+    reference = theirs.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight  # (r, in)
+    bound = 1.0 / reference.shape[1] ** 0.5
+    assert reference.abs().max() <= bound and ours.lora_A.abs().max() <= bound
+    assert ours.lora_A.std().item() == pytest.approx(reference.std().item(), rel=0.15)
+    assert (ours.lora_B == 0).all()

@@ -67,7 +67,11 @@ class LoRAExpertLinear(ExpertModule):
         super().__init__()
         in_features, out_features = linear_shape(base)
         self.base = base
-        self.lora_A = nn.Parameter(torch.randn(num_experts, in_features, rank) / in_features**0.5)
+        # PEFT's start (kaiming_uniform with a=sqrt(5) on its (r, in) weight: U(-1/sqrt(in),
+        # 1/sqrt(in))), so that task experts and the PEFT LoRA baselines they are compared with
+        # take steps of the same size at the same learning rate.
+        bound = 1.0 / in_features**0.5
+        self.lora_A = nn.Parameter(torch.empty(num_experts, in_features, rank).uniform_(-bound, bound))
         self.lora_B = nn.Parameter(torch.zeros(num_experts, rank, out_features))
         self.scale = alpha / rank
         self.slot = slot
