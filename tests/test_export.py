@@ -30,11 +30,18 @@ def plain_logits(folder, model: MTAModel, examples) -> torch.Tensor:
 
 @pytest.mark.parametrize("backbone", ["tiny-llama", "tiny-gpt2"])
 @pytest.mark.parametrize("collaborating", [False, True])
-def test_lora_experts_merge_into_a_plain_model(registry, samples, tmp_path, backbone, collaborating):
-    model = MTAModel(model_config(backbone, kind="lora", rank=4), [registry.get("sst2"), registry.get("stsb")]).eval()
+@pytest.mark.parametrize("shared_expert", [False, True])
+def test_lora_experts_merge_into_a_plain_model(registry, samples, tmp_path, backbone, collaborating, shared_expert):
+    model = MTAModel(model_config(backbone, kind="lora", rank=4, shared_expert=shared_expert),
+                     [registry.get("sst2"), registry.get("stsb")]).eval()
     randomise_experts(model)
-    if collaborating:  # learned task gates mix the experts
-        model.start_collaboration("softmax", 0.6)
+    if collaborating:  # learned task gates mix the experts (and weigh the shared one)
+        model.start_collaboration("residual")
+        with torch.no_grad():
+            for layer in model.mta_layers:
+                layer.gate.task_logits.uniform_(-0.5, 0.5)
+                if layer.gate.shared_logits is not None:
+                    layer.gate.shared_logits.uniform_(-0.5, 0.5)
     card = export_task(model, "stsb", tmp_path / "stsb")
     assert card["format"] == "transformers"
     examples = samples["stsb"][:3]

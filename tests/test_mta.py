@@ -133,8 +133,8 @@ def test_top_k_and_shared_expert(registry, samples):
     model = MTAModel(model_config("tiny-llama", num_experts=4, top_k=2, shared_expert=True), tasks)
     model.start_collaboration("softmax", 0.7)
     weights = model.task_gate_weights()
-    assert weights.shape == (2, 3, 4)
-    assert ((weights > 0).sum(-1) == 2).all()
+    assert weights.shape == (2, 3, 5)  # four routed experts and the shared one, last
+    assert ((weights[..., :4] > 0).sum(-1) == 2).all() and (weights[..., 4] == 1).all()
     assert model.mta_layers[0].experts.down.shape[0] == 5  # four routed experts and a shared one
     model(model.encode(examples_for(samples, "lm"))).mean().backward()
 
@@ -215,3 +215,21 @@ def test_lora_experts_start_as_peft_lora_starts(registry):
     assert reference.abs().max() <= bound and ours.lora_A.abs().max() <= bound
     assert ours.lora_A.std().item() == pytest.approx(reference.std().item(), rel=0.15)
     assert (ours.lora_B == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "lora"])
+def test_residual_stage2_learns_how_much_each_task_takes_from_the_shared_expert(registry, samples, kind):
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", kind=kind, shared_expert=True), tasks).eval()
+    randomise_experts(model)
+    rows = model.encode(examples_for(samples, "lm"))
+    with torch.no_grad():
+        stage1 = model(rows)
+    trainable = prepare_stage(model, StageConfig(kind="stage2"))
+    model.eval()
+    assert torch.equal(model(rows).detach(), stage1)  # the shared expert still at weight 1
+    start = torch.cat([torch.eye(len(tasks)), torch.ones(len(tasks), 1)], dim=1)  # (tasks, K + 1)
+    assert torch.equal(model.task_gate_weights()[0], start)
+    model(rows).mean().backward()
+    shared = [param for name, param in trainable.items() if name.endswith("shared_logits")]
+    assert len(shared) == len(model.mta_layers) and all((param.grad != 0).all() for param in shared)

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
 from alter.evaluate.evaluator import macro_average  # noqa: E402
 from alter.evaluate.trivial import shortfalls  # noqa: E402
@@ -72,16 +73,15 @@ def plot_losses(log_path: Path, target: Path) -> bool:
 
 
 def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], target: Path,
-               assignment=None) -> bool:
-    """weights (L, tasks, K): one small heatmap per MTA layer. With `assignment` (tasks,), the
-    gates are residual: what was learned on top of the one-hot stage-1 assignment is drawn,
-    on a colour scale centred on 0."""
+               start=None) -> bool:
+    """weights (L, tasks, K): one small heatmap per MTA layer. With `start` (tasks, K), the
+    stage-1 weights of residual gates, what was learned on top of them is drawn, on a colour
+    scale centred on 0."""
     if weights.numel() == 0:
         return False
     title, scale = "Gate weights: task (rows) x expert (columns)", {"vmin": 0, "vmax": 1, "cmap": "viridis"}
-    if assignment is not None:
-        weights = weights.clone()
-        weights[:, range(len(task_names)), assignment] -= 1.0
+    if start is not None:
+        weights = weights - start
         largest = max(float(weights.abs().max()), 1e-6)
         title = "Learned gate weights added to the stage-1 assignment: task (rows) x expert (columns)"
         scale = {"vmin": -largest, "vmax": largest, "cmap": "RdBu_r"}
@@ -153,8 +153,10 @@ def write_report(out: Path, model, report: dict[str, Any]) -> dict[str, Any]:
     layer_names = [f"{'decoder ' if layer.stack == 'decoder' else ''}layer {layer.block}" for layer in model.mta_layers]
     gates = [layer.gate for layer in model.mta_layers]
     residual = bool(gates) and not bool(gates[0].fixed) and bool(gates[0].residual)
-    if plot_gates(model.task_gate_weights(), [t.name for t in tasks], layer_names, out / "gates.png",
-                  gates[0].assignment.cpu() if residual else None):
+    start = None  # residual gates are drawn as what was learned on top of the stage-1 weights
+    if residual:
+        start = gates[0].stage1_weights(torch.arange(len(tasks), device=gates[0].assignment.device)).cpu()
+    if plot_gates(model.task_gate_weights(), [t.name for t in tasks], layer_names, out / "gates.png", start):
         plots["gates"] = "gates.png"
     report["plots"] = plots
     (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -18,6 +18,11 @@ class TaskGate(nn.Module):
     assignment of each task to its expert. Afterwards a `softmax` gate returns
     softmax((w_t + R(x)) / tau); a `residual` gate returns one-hot(own expert) + w_t + R(x),
     whose learned part starts at 0, so that leaving stage 1 does not change the model.
+
+    With a shared expert, one more column comes last: weight 1 in stage 1 and under a softmax
+    gate (which spreads its weight over the routed experts only); under a residual gate
+    1 + s_t, a learned weight per task starting at 0, so stage 2 can also learn how much each
+    task takes from the shared expert against its own.
     """
 
     def __init__(self, num_tasks: int, hidden_size: int, assignment: torch.Tensor, config: MTAConfig):
@@ -30,6 +35,10 @@ class TaskGate(nn.Module):
             nn.Parameter(torch.zeros(num_tasks, num_experts)) if "task" in config.gate else None
         )
         self.router = nn.Linear(hidden_size, num_experts, bias=False) if "input" in config.gate else None
+        self.shared_expert = config.shared_expert
+        self.shared_logits = (
+            nn.Parameter(torch.zeros(num_tasks)) if config.shared_expert and "task" in config.gate else None
+        )
         if self.router is not None:
             nn.init.zeros_(self.router.weight)  # starts as pure task gating
         self.register_buffer("assignment", assignment.clone(), persistent=True)  # (num_tasks,)
@@ -42,23 +51,38 @@ class TaskGate(nn.Module):
     def uses_input(self) -> bool:
         return self.router is not None and not bool(self.fixed)
 
+    def stage1_weights(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """task_ids (B,) -> the stage-1 gate weights, (B, K) or (B, K + 1) with the shared expert."""
+        own = F.one_hot(self.assignment[task_ids], self.num_experts).float()  # (B, K)
+        return self._with_shared(own, task_ids, learned=False)
+
+    def _with_shared(self, gates: torch.Tensor, task_ids: torch.Tensor, learned: bool) -> torch.Tensor:
+        """gates (B, K) -> (B, K + 1) with the shared expert's weight last; unchanged without one."""
+        if not self.shared_expert:
+            return gates
+        shared = gates.new_ones(gates.shape[0], 1)  # (B, 1)
+        if learned and self.shared_logits is not None:
+            shared = shared + self.shared_logits[task_ids, None]
+        return torch.cat([gates, shared], dim=-1)
+
     def forward(self, task_ids: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
-        """task_ids (B,), pooled (B, d) or None -> gate weights (B, K) (a softmax gate's sum to 1)."""
+        """task_ids (B,), pooled (B, d) or None -> gate weights (B, K), and the shared expert's
+        last when there is one (a softmax gate's routed weights sum to 1)."""
         own = F.one_hot(self.assignment[task_ids], self.num_experts).float()  # (B, K)
         if bool(self.fixed):
-            return own
+            return self._with_shared(own, task_ids, learned=False)
         logits = torch.zeros(task_ids.shape[0], self.num_experts, device=task_ids.device)
         if self.task_logits is not None:
             logits = logits + self.task_logits[task_ids]
         if self.router is not None:
             logits = logits + self.router(pooled.to(self.router.weight.dtype))
         if bool(self.residual):
-            return own + logits
+            return self._with_shared(own + logits, task_ids, learned=True)
         logits = logits / self.temperature
         if self.top_k is not None and self.top_k < self.num_experts:
             keep = logits.topk(self.top_k, dim=-1).indices  # (B, k); ties broken by index
             logits = torch.full_like(logits, float("-inf")).scatter(-1, keep, logits.gather(-1, keep))
-        return logits.softmax(dim=-1)
+        return self._with_shared(logits.softmax(dim=-1), task_ids, learned=False)
 
     @torch.no_grad()
     def start_collaboration(self, how: str = "residual", own_weight: float = 0.8) -> None:
@@ -73,6 +97,8 @@ class TaskGate(nn.Module):
             raise ValueError("top_k selects experts of a softmax gate; use collaboration=softmax")
         self.fixed.fill_(False)
         self.residual.fill_(how == "residual")
+        if self.shared_logits is not None:
+            self.shared_logits.zero_()
         if self.task_logits is None:
             return
         if how == "residual":

@@ -38,7 +38,6 @@ class MTALayer(nn.Module):
         self.block = block  # index of the transformer block in its stack
         self.stack = stack  # "main" (decoder-only / encoder) or "decoder" (of an encoder-decoder)
         self.gate = TaskGate(num_tasks, hidden_size, assignment, config)
-        self.shared_expert = config.shared_expert
         self.slot = GateSlot()
         self.experts: nn.Module | None = None
         self._ffn_input: torch.Tensor | None = None
@@ -63,14 +62,11 @@ class MTALayer(nn.Module):
         return pooled
 
     def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d) -> (B, K), or (B, K + 1) with the shared expert's constant 1 last."""
+        """x (B, T, d) -> (B, K), or (B, K + 1) with the shared expert's weight last."""
         context = current_routing()
         task_ids = context.rows(context.task_ids, x.shape[0])
         pooled = self._pooled_input(x) if self.gate.uses_input else None
-        gates = self.gate(task_ids, pooled)
-        if self.shared_expert:
-            gates = torch.cat([gates, gates.new_ones(gates.shape[0], 1)], dim=-1)
-        return gates
+        return self.gate(task_ids, pooled)
 
     # --- hooks --------------------------------------------------------------------------
     def before_experts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
