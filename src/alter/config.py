@@ -121,6 +121,10 @@ class StageConfig(_Strict):
     # learned logits, starting with `own_expert_weight` on the own expert, the rest spread.
     collaboration: Literal["residual", "softmax"] = "residual"
     own_expert_weight: float = Field(default=0.8, gt=0, lt=1)  # softmax start
+    # How far each expert steps (alter.train.expert_lr): `same`, every expert at `lr`;
+    # `routed_share`, each at `lr` times the share of the batch's rows routed to it in
+    # stage 1 (a shared expert: all of them), as if it trained on its rows alone.
+    expert_lr: Literal["same", "routed_share"] = "same"
     eval_every: int | None = Field(default=None, ge=1)
     save_every: int = Field(default=50, ge=1)
     log_every: int = Field(default=10, ge=1)

@@ -19,6 +19,7 @@ from alter.data.mixture import batch_plan
 from alter.distributed import SINGLE, Ranks, finish_gradients, no_sync, wrap
 from alter.model import MTAModel
 from alter.train.checkpoint import load_training_state, read_training_state, save_training_state
+from alter.train.expert_lr import ExpertStepScaler, routed_shares
 from alter.train.stages import prepare_stage
 
 
@@ -69,6 +70,19 @@ def _schedule(stage: StageConfig) -> Callable[[int], float]:
     return factor
 
 
+def _expert_step_scaler(model: MTAModel, stage: StageConfig, data: StageData,
+                        trainable: dict[str, torch.nn.Parameter]) -> ExpertStepScaler | None:
+    if stage.expert_lr == "same":
+        return None
+    shares = routed_shares(model, data.task_names, data.rates)
+    expert_names = model.param_groups()["experts"]
+    experts = [param for name, param in trainable.items() if name in expert_names]
+    if shares is None or not experts:
+        raise ValueError(f"stage '{stage.label}': expert_lr={stage.expert_lr} needs MTA experts that this stage "
+                         "trains")
+    return ExpertStepScaler(experts, shares)
+
+
 def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir: Path, log: JsonlLog,
                 seed: int, evaluate: Callable[[], float] | None = None, ranks: Ranks = SINGLE) -> StageResult:
     """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`.
@@ -83,6 +97,7 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
     trainable = prepare_stage(model, stage)
     params = list(trainable.values())
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    scaler = _expert_step_scaler(model, stage, data, trainable)
     factor = _schedule(stage)
     plan = batch_plan([[len(row.input_ids) for row in rows] for rows in data.rows], data.rates,
                       stage.steps * stage.grad_accum, stage.batch_size, seed)
@@ -132,7 +147,11 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
             step_loss = ranks.sum(local_loss).item()
             if stage.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm)
+            if scaler:
+                scaler.before_step()
             optimizer.step()
+            if scaler:
+                scaler.after_step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             spent += time.perf_counter() - started

@@ -1,0 +1,61 @@
+"""Per-expert learning rates: each expert steps as far as the rows routed to it justify.
+
+In a mixed-task batch, a task's expert receives the gradient of that task's rows only, about
+`rate x batch_size` of them, while a shared adapter receives all of them. Adam normalises the
+size of every update, so at one learning rate a task expert takes as many full-size steps as
+the shared adapter, each on a gradient several times noisier: over a stage it moves about as
+far as a single-task model trained on every step, not on its task's share of the steps. With
+`expert_lr: routed_share` each expert's steps are scaled by the share of the batch's rows it
+serves (the summed mixture rates of the tasks assigned to it; 1 for a shared expert), so the
+stage's `lr` is the learning rate of an expert that serves every row.
+
+AdamW's update is linear in the learning rate, so scaling the update of an expert's slice of
+the stacked parameters after the step is exactly a learning rate per expert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def routed_shares(model, task_names: Sequence[str], rates: Sequence[float]) -> torch.Tensor | None:
+    """The share of a batch's rows that each expert serves in stage 1, (K,) or (K + 1,) with
+    the shared expert last; None for a model without MTA experts."""
+    if not getattr(model, "mta_layers", None):
+        return None
+    gate = model.mta_layers[0].gate  # every layer has the same stage-1 assignment
+    shares = torch.zeros(gate.num_experts + int(gate.shared_expert))
+    for name, rate in zip(task_names, rates):
+        shares[int(gate.assignment[model.task_index[name]])] += rate
+    if gate.shared_expert:
+        shares[-1] = 1.0
+    return shares
+
+
+class ExpertStepScaler:
+    """Scales each expert's slice of the last optimizer step by its share.
+
+    Call `before_step()` right before `optimizer.step()` and `after_step()` right after it.
+    Every expert parameter is stacked with the expert index first (K, ...).
+    """
+
+    def __init__(self, params: Sequence[nn.Parameter], shares: torch.Tensor):
+        self.params = [param for param in params if param.shape[0] == shares.shape[0]]
+        if len(self.params) != len(params):
+            raise ValueError(f"expert parameters stack {sorted({p.shape[0] for p in params})} experts; "
+                             f"the gates route to {shares.shape[0]}")
+        self.shares = shares
+        self._before: list[torch.Tensor] = []
+
+    def before_step(self) -> None:
+        self._before = [param.detach().clone() for param in self.params]
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for param, before in zip(self.params, self._before):
+            scale = self.shares.to(param.device, param.dtype).view(-1, *([1] * (param.dim() - 1)))  # (K, 1, ...)
+            param.copy_(before + (param - before) * scale)
+        self._before = []
