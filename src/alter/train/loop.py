@@ -109,7 +109,12 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
     # not share its disk (and may be fewer or more than when it was written).
     state = ranks.from_main(read_training_state(resume_from) if ranks.is_main and resume_from else None)
     if state is not None:
-        meta = load_training_state(state, model, optimizer)
+        try:
+            meta = load_training_state(state, model, optimizer)
+        except ValueError as error:  # torch: the saved optimizer holds other parameters
+            raise ValueError(f"{last}: the checkpoint holds an optimizer for other parameters than stage "
+                             f"'{stage.label}' trains ({error}); it was written by another version of the model "
+                             f"or stage: delete {stage_dir} to train the stage again") from None
         step, spent, tokens, best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
     engine = wrap(model, ranks)
 
