@@ -43,3 +43,11 @@ def randomise_experts(model, seed: int = 0) -> None:
     with torch.no_grad():
         for param in model.param_groups()["experts"].values():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+def stage_rows(model, samples, rates: dict[str, float], per_task: int = 4):
+    """A stage's data from the first `per_task` samples of each task, at the given mixture rates."""
+    from alter.train.loop import StageData
+
+    rows = [model.encode(samples[name][:per_task]) for name in rates]
+    return StageData(rows=rows, rates=list(rates.values()), task_names=list(rates))

@@ -9,8 +9,8 @@ from alter.config import SharedLoraConfig, StageConfig
 from alter.model import MTAModel
 from alter.mta.experts import LoRAExpertLinear
 from alter.train.expert_lr import ExpertStepScaler, routed_shares
-from alter.train.loop import JsonlLog, StageData, train_stage
-from tests.conftest import model_config
+from alter.train.loop import JsonlLog, train_stage
+from tests.conftest import model_config, stage_rows
 
 
 def test_scaled_steps_are_exactly_a_learning_rate_per_expert():
@@ -43,12 +43,6 @@ def test_each_expert_s_share_is_the_rate_of_its_tasks_and_a_shared_expert_serves
                                torch.tensor([0.5, 0.5]))
 
 
-def _stage1_data(model, samples):
-    names = ["sst2", "stsb"]
-    rows = [model.encode(samples[name][:4]) for name in names]
-    return StageData(rows=rows, rates=[0.75, 0.25], task_names=names)
-
-
 def test_a_stage_with_routed_shares_moves_each_expert_by_its_share(registry, samples, tmp_path):
     """After one step from zero Adam state, an expert's update is its share of the plain one."""
     tasks = [registry.get("sst2"), registry.get("stsb")]
@@ -59,7 +53,8 @@ def test_a_stage_with_routed_shares_moves_each_expert_by_its_share(registry, sam
         lora = next(module for module in model.modules() if isinstance(module, LoRAExpertLinear))
         before = lora.lora_B.detach().clone()  # zero: lora_A gets no gradient at the first step
         stage = StageConfig(kind="stage1", steps=1, lr=1e-2, warmup_ratio=0.0, expert_lr=expert_lr)
-        train_stage(model, stage, _stage1_data(model, samples), tmp_path / expert_lr, JsonlLog(tmp_path / "log"), 0)
+        data = stage_rows(model, samples, {"sst2": 0.75, "stsb": 0.25})
+        train_stage(model, stage, data, tmp_path / expert_lr, JsonlLog(tmp_path / "log"), 0)
         moved[expert_lr] = (lora.lora_B.detach() - before).abs().sum(dim=(1, 2))  # (K + 1,)
     assert (moved["same"] > 0).all()  # every expert served some row
     torch.testing.assert_close(moved["routed_share"], moved["same"] * torch.tensor([0.75, 0.25, 1.0]))
@@ -70,4 +65,5 @@ def test_routed_shares_without_experts_is_a_clear_error(registry, samples, tmp_p
     model = MTAModel(config, [registry.get("sst2"), registry.get("stsb")])  # one shared PEFT LoRA
     stage = StageConfig(kind="stage1", steps=1, expert_lr="routed_share")
     with pytest.raises(ValueError, match="expert_lr=routed_share needs MTA experts"):
-        train_stage(model, stage, _stage1_data(model, samples), tmp_path, JsonlLog(tmp_path / "log"), 0)
+        data = stage_rows(model, samples, {"sst2": 0.75, "stsb": 0.25})
+        train_stage(model, stage, data, tmp_path, JsonlLog(tmp_path / "log"), 0)

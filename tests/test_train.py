@@ -209,19 +209,17 @@ def test_a_checkpoint_of_other_trainable_parameters_names_the_folder_to_delete(r
     """E.g. a stage-2 checkpoint written before the gates had a weight for the shared expert."""
     from alter.config import StageConfig
     from alter.model import MTAModel
-    from tests.conftest import model_config
+    from tests.conftest import model_config, stage_rows
 
     tasks = [registry.get("sst2"), registry.get("stsb")]
     stage = StageConfig(kind="stage1", steps=2, save_every=1)
-
-    def data(model):
-        rows = [model.encode(samples[name][:2]) for name in ("sst2", "stsb")]
-        return loop.StageData(rows=rows, rates=[0.5, 0.5], task_names=["sst2", "stsb"])
+    rates = {"sst2": 0.5, "stsb": 0.5}
 
     old = MTAModel(model_config("tiny-llama", kind="lora", rank=2), tasks)
-    loop.train_stage(old, stage, data(old), tmp_path / "stage1", loop.JsonlLog(tmp_path / "log"), 0)
+    log = loop.JsonlLog(tmp_path / "log")
+    loop.train_stage(old, stage, stage_rows(old, samples, rates, per_task=2), tmp_path / "stage1", log, 0)
     new = MTAModel(model_config("tiny-llama", kind="lora", rank=2, targets=["self_attn.q_proj"]), tasks)
     longer = stage.model_copy(update={"steps": 3})
     with pytest.raises(ValueError, match=r"stage1/last: the checkpoint holds an optimizer for other parameters.*"
                                          r"delete .*stage1 to train the stage again"):
-        loop.train_stage(new, longer, data(new), tmp_path / "stage1", loop.JsonlLog(tmp_path / "log"), 0)
+        loop.train_stage(new, longer, stage_rows(new, samples, rates, per_task=2), tmp_path / "stage1", log, 0)

@@ -43,10 +43,10 @@ class ExpertStepScaler:
     """
 
     def __init__(self, params: Sequence[nn.Parameter], shares: torch.Tensor):
-        self.params = [param for param in params if param.shape[0] == shares.shape[0]]
-        if len(self.params) != len(params):
+        if any(param.shape[0] != shares.shape[0] for param in params):
             raise ValueError(f"expert parameters stack {sorted({p.shape[0] for p in params})} experts; "
                              f"the gates route to {shares.shape[0]}")
+        self.params = list(params)
         self.shares = shares
         self._before: list[torch.Tensor] = []
 
