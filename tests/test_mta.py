@@ -233,3 +233,38 @@ def test_residual_stage2_learns_how_much_each_task_takes_from_the_shared_expert(
     model(rows).mean().backward()
     shared = [param for name, param in trainable.items() if name.endswith("shared_logits")]
     assert len(shared) == len(model.mta_layers) and all((param.grad != 0).all() for param in shared)
+
+
+def test_tied_stage2_gates_are_one_set_of_numbers_fitted_on_every_layer(registry, samples, tmp_path):
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", kind="lora", shared_expert=True), tasks).eval()
+    randomise_experts(model)
+    rows = model.encode(examples_for(samples, "lm"))
+    with torch.no_grad():
+        stage1 = model(rows)
+    trainable = prepare_stage(model, StageConfig(kind="stage2", gate_layers="tied"))
+    model.eval()
+    assert torch.equal(model(rows).detach(), stage1)  # still the stage-1 model at step 0
+    assert len(trainable) == 2 and all(".layers.0.mta.gate." in name for name in trainable)
+    gates = [layer.gate for layer in model.mta_layers]
+    assert all(gate.task_logits is gates[0].task_logits for gate in gates)
+    model(rows).mean().backward()
+    tied_grad = gates[0].task_logits.grad.clone()
+    tied = gates[0].task_logits
+    for gate in gates:  # untied copies: the tied weights' gradient is the sum of theirs
+        gate.task_logits = torch.nn.Parameter(tied.detach().clone())
+    model(rows).mean().backward()
+    torch.testing.assert_close(tied_grad, sum(gate.task_logits.grad for gate in gates))
+    assert all(gate.task_logits.grad.abs().sum() > 0 for gate in gates)
+    for gate in gates:
+        gate.task_logits = tied
+    torch.optim.AdamW(trainable.values(), lr=0.1).step()
+    with torch.no_grad():
+        expected = model(rows)
+    assert not torch.equal(expected, stage1)
+    model.save(tmp_path / "model")  # tied weights are written under every layer's name
+    loaded = MTAModel.load(tmp_path / "model").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(rows), expected)
+    weights = loaded.task_gate_weights()  # (L, tasks, K + 1)
+    assert all(torch.equal(layer_weights, weights[0]) for layer_weights in weights)

@@ -47,12 +47,12 @@ def _weights(path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model" / "trained.safetensors"))
 
 
-def _interrupt_at(monkeypatch, step: int, error: type[BaseException]):
+def _interrupt_at(monkeypatch, step: int, error: type[BaseException], stage: str = "stage1"):
     write = loop.JsonlLog.write
 
     def failing(self, record):
         write(self, record)
-        if record.get("stage") == "stage1" and record.get("step") == step:
+        if record.get("stage") == stage and record.get("step") == step:
             raise error()
 
     monkeypatch.setattr(loop.JsonlLog, "write", failing)
@@ -73,6 +73,24 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, fini
     assert full.keys() == resumed.keys()
     for name in full:
         assert torch.equal(full[name], resumed[name]), name
+
+
+def test_tied_stage2_gates_resume_to_the_same_weights(tmp_path, monkeypatch):
+    tied = ("stages.1.gate_layers=tied", "stages.1.save_every=2", "eval.before_training=false")
+    whole = run_training(tiny(tmp_path, "whole", *tied))
+    config = tiny(tmp_path, "resumed", *tied)
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 2, KeyboardInterrupt, stage="stage2")
+        with pytest.raises(KeyboardInterrupt):
+            run_training(config)
+    resumed = run_training(config)
+    assert resumed["metrics"] == whole["metrics"]
+    full, again = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
+    gates = sorted(name for name in full if name.endswith("task_logits"))
+    assert len(gates) > 1 and all(torch.equal(full[gates[0]], full[name]) for name in gates)
+    assert not torch.equal(full[gates[0]], torch.zeros_like(full[gates[0]]))
+    for name in full:
+        assert torch.equal(full[name], again[name]), name
 
 
 def test_cli_eval_and_predict(finished, tmp_path):

@@ -121,6 +121,10 @@ class StageConfig(_Strict):
     # learned logits, starting with `own_expert_weight` on the own expert, the rest spread.
     collaboration: Literal["residual", "softmax"] = "residual"
     own_expert_weight: float = Field(default=0.8, gt=0, lt=1)  # softmax start
+    # Which layers learn their own gate weights: `each` MTA layer, or one set `tied` across all
+    # of them (a task draws the same on each expert in every layer): 1/L as many numbers, each
+    # fitted on the gradient of every layer instead of one.
+    gate_layers: Literal["each", "tied"] = "each"
     # How far each expert steps (alter.train.expert_lr): `same`, every expert at `lr`;
     # `routed_share`, each at `lr` times the share of the batch's rows routed to it in
     # stage 1 (a shared expert: all of them), as if it trained on its rows alone.

@@ -147,10 +147,13 @@ class MTAModel(nn.Module):
         return run
 
     # --- gates --------------------------------------------------------------------------
-    def start_collaboration(self, how: str = "residual", own_weight: float = 0.8) -> None:
-        """Gates leave the stage-1 assignment and learn (`TaskGate.start_collaboration`)."""
+    def start_collaboration(self, how: str = "residual", own_weight: float = 0.8, tied: bool = False) -> None:
+        """Gates leave the stage-1 assignment and learn (`TaskGate.start_collaboration`);
+        `tied`: every MTA layer learns through the first layer's gate weights."""
         for layer in self.mta_layers:
             layer.gate.start_collaboration(how, own_weight)
+            if tied:
+                layer.gate.tie_to(self.mta_layers[0].gate)
 
     @torch.no_grad()
     def task_gate_weights(self) -> torch.Tensor:
@@ -173,7 +176,15 @@ class MTAModel(nn.Module):
         state = self.state_dict()
         kept = {name: state[name] for name in names}
         kept.update({name: value for name, value in state.items() if ".mta." in name})  # gate buffers
-        return {name: value.detach().contiguous() for name, value in kept.items()}
+        # Tied gates appear under every layer's name; safetensors stores tensors that share
+        # memory only once, so every name after the first gets its own copy.
+        seen: set[int] = set()
+        trained = {}
+        for name, value in kept.items():
+            value = value.detach().contiguous()
+            trained[name] = value.clone() if value.data_ptr() in seen and value.numel() else value
+            seen.add(value.data_ptr())
+        return trained
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
         directory = Path(directory)

@@ -70,7 +70,7 @@ class BiLSTMModel(nn.Module):
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         return {"experts": {}, "gates": {}, "adapters": {}, "heads": {}, "backbone": dict(self.named_parameters())}
 
-    def start_collaboration(self, how: str = "residual", own_weight: float = 0.8) -> None:
+    def start_collaboration(self, how: str = "residual", own_weight: float = 0.8, tied: bool = False) -> None:
         """No gates to start."""
 
     def task_gate_weights(self) -> torch.Tensor:

@@ -84,6 +84,15 @@ class TaskGate(nn.Module):
             logits = torch.full_like(logits, float("-inf")).scatter(-1, keep, logits.gather(-1, keep))
         return self._with_shared(logits.softmax(dim=-1), task_ids, learned=False)
 
+    def tie_to(self, other: TaskGate) -> None:
+        """Learn through `other`'s task and shared-expert weights (and input router) from now
+        on, so that one set of numbers gates every tied layer."""
+        if other is self:
+            return
+        if self.num_experts != other.num_experts or bool(self.residual) != bool(other.residual):
+            raise ValueError("tied gates need the same experts and collaboration")
+        self.task_logits, self.shared_logits, self.router = other.task_logits, other.shared_logits, other.router
+
     @torch.no_grad()
     def start_collaboration(self, how: str = "residual", own_weight: float = 0.8) -> None:
         """Leave the fixed one-hot assignment for learned gates.

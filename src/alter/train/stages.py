@@ -29,7 +29,7 @@ def prepare_stage(model: MTAModel, stage: StageConfig) -> dict[str, nn.Parameter
         for layer in model.mta_layers:
             layer.gate.fixed.fill_(True)
     else:
-        model.start_collaboration(stage.collaboration, stage.own_expert_weight)
+        model.start_collaboration(stage.collaboration, stage.own_expert_weight, tied=stage.gate_layers == "tied")
     groups = model.param_groups()
     wanted = trainable_groups(stage)
     trainable: dict[str, nn.Parameter] = {}
