@@ -156,6 +156,10 @@ def test_results_carry_seeds_paired_intervals_and_trivial_scores(seeded):
         low, high = paired["ci95"]
         assert low <= paired["macro_diff"] <= high, name
     assert results["stage2_gain"]["after"] == "mta_stage1"
+    gain = systems["softmax_gates"]["gain_over_start"]  # the variant minus mta after stage 1, seed 0 alone
+    assert (gain["after"], gain["seeds"]) == ("mta_stage1", [0])
+    assert "gain_over_start" not in systems["single_lora"]
+    assert "softmax_gates minus mta_stage1" in (out / "results.md").read_text()
     assert results["trivial"]["rte"]["rule"].startswith("majority label")
     assert "validation_macro" in systems["mta"]
     assert "mta − system [95% CI]" in (out / "results.md").read_text()

@@ -43,21 +43,51 @@ def _predictions(run_dir: Path, result: dict[str, Any]) -> dict[str, dict] | Non
     return records
 
 
-def _paired(runs: dict[str, dict[int, dict[str, Any]]], out: Path, reference: str) -> dict[str, dict]:
-    """Every system's paired bootstrap against the reference system, on the tasks both have."""
-    kept = {name: [_predictions(out / f"seed{seed}" / name, result) for seed, result in seeds.items()]
+Kept = dict[str, dict[int, dict]]  # system -> seed -> its per-example predictions per task
+
+
+def _kept_predictions(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> Kept:
+    """Every system's per-example predictions by seed (systems that kept them on all seeds)."""
+    kept = {name: {seed: _predictions(out / f"seed{seed}" / name, result) for seed, result in seeds.items()}
             for name, seeds in runs.items()}
-    kept = {name: records for name, records in kept.items() if records and all(r is not None for r in records)}
-    if reference not in kept:
-        return {}
-    paired = {}
-    for name, records in kept.items():
-        if name == reference:
+    return {name: records for name, records in kept.items()
+            if records and all(r is not None for r in records.values())}
+
+
+def _paired_between(kept: Kept, a: str, b: str, same_seeds: bool = False) -> dict[str, Any] | None:
+    """A's macro minus B's on the tasks both have, each over its seeds (with `same_seeds`, B
+    over A's seeds only); None without predictions."""
+    if a not in kept or b not in kept:
+        return None
+    runs_a = list(kept[a].values())
+    runs_b = [kept[b][seed] for seed in kept[a] if seed in kept[b]] if same_seeds else list(kept[b].values())
+    if len(runs_b) < (len(runs_a) if same_seeds else 1):
+        return None
+    tasks = [task for task in runs_a[0] if all(task in run for run in runs_b)]
+    return paired_bootstrap(runs_a, runs_b, tasks) if tasks else None
+
+
+def _paired(kept: Kept, reference: str) -> dict[str, dict]:
+    """Every system's paired bootstrap against the reference system, on the tasks both have."""
+    paired = {name: _paired_between(kept, reference, name) for name in kept if name != reference}
+    return {name: result for name, result in paired.items() if result is not None}
+
+
+def _gains_over_start(config: ExperimentConfig, kept: Kept) -> dict[str, dict]:
+    """For a system that starts from another's checkpoint (a stage-2 variant): its macro minus
+    the `after_stage` system scored at that checkpoint, on the variant's seeds, as
+    `stage2_gain` is for the reference."""
+    gains = {}
+    for name, system in config.systems.items():
+        start = system.starts_from
+        if start is None:
             continue
-        tasks = [task for task in kept[reference][0] if all(task in run for run in records)]
-        if tasks:
-            paired[name] = paired_bootstrap(kept[reference], records, tasks)
-    return paired
+        for other, candidate in config.systems.items():
+            if candidate.kind == "after_stage" and (candidate.of, candidate.stage) == (start.system, start.stage):
+                gain = _paired_between(kept, name, other, same_seeds=True)
+                if gain is not None:
+                    gains[name] = {"of": name, "after": other, "seeds": sorted(kept[name]), **gain}
+    return gains
 
 
 def aggregate(runs: dict[int, dict[str, Any]], main_metrics: dict[str, str]) -> dict[str, Any]:
@@ -99,8 +129,11 @@ def write_results(config: ExperimentConfig, out: Path) -> dict[str, Any]:
         if common and all(task in result["tasks"] for task in common):
             scores = [result["tasks"][task][result["main_metrics"][task]] for task in common]
             result["macro_classification"] = round(statistics.fmean(scores), 2)
-    for name, paired in _paired(runs, out, REFERENCE).items():
+    kept = _kept_predictions(runs, out)
+    for name, paired in _paired(kept, REFERENCE).items():
         systems[name][f"paired_vs_{REFERENCE}"] = paired
+    for name, gain in _gains_over_start(config, kept).items():
+        systems[name]["gain_over_start"] = gain
     results = {"scale": "0-100", "seeds": config.seeds, "main_metrics": main_metrics,
                "classification_tasks": common, "reference": REFERENCE, "trivial": _trivial(out), "systems": systems}
     floors = [name for name, system in config.systems.items() if system.kind == "lead"]  # trivial by design
@@ -226,6 +259,10 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     gain = results.get("stage2_gain")
     if gain:
         text += [f"Stage 2's gain ({gain['of']} minus {gain['after']}): {format_difference(gain)} macro points.", ""]
+    variants = [result["gain_over_start"] for result in results["systems"].values() if "gain_over_start" in result]
+    if variants:
+        text += ["Gains of the systems that start from another's checkpoint, over that checkpoint scored alone:", "",
+                 *[f"- {gain['of']} minus {gain['after']}: {format_difference(gain)}" for gain in variants], ""]
     text += [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(text) + "\n"
 
