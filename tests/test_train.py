@@ -152,6 +152,19 @@ def test_evaluation_settings_and_added_stages_may_change_on_resume(finished):
     assert "stages: 2 -> 1" in resume_conflict(Path(config.output_dir), fewer)
 
 
+def test_the_settings_of_a_disabled_mta_module_do_not_stop_a_resume(tmp_path):
+    """A baseline without MTA stays valid when the base config's MTA design changes."""
+    import yaml
+
+    baseline = tiny(tmp_path, "baseline", "model.mta.enabled=false")
+    out = Path(baseline.output_dir)
+    (out / "stages").mkdir(parents=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(baseline.model_dump(mode="json")))
+    redesigned = tiny(tmp_path, "baseline", "model.mta.enabled=false", "model.mta.kind=lora", "model.mta.rank=4")
+    assert resume_conflict(out, redesigned) is None
+    assert "model.mta.enabled: False -> True" in resume_conflict(out, tiny(tmp_path, "baseline"))
+
+
 def test_predict_names_the_line_of_a_bad_request(finished, tmp_path):
     requests = tmp_path / "in.jsonl"
     requests.write_text('{"sentence": "fine"}\n{"text": "wrong field"}\n')

@@ -30,6 +30,15 @@ def differences(old: Any, new: Any, path: str) -> list[str]:
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
+def _what_the_run_used(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dump without settings that cannot have shaped the run: those of a disabled MTA
+    module (a baseline's `model.mta` after the base's MTA design changed)."""
+    mta = config["model"].get("mta") or {}
+    if mta.get("enabled") is False:
+        config = {**config, "model": {**config["model"], "mta": {"enabled": False}}}
+    return config
+
+
 def resume_conflict(out: Path, config: Config) -> str | None:
     """Why `config` cannot continue the run in `out`, or None (no run there, or the same)."""
     saved_path = out / "config.yaml"
@@ -40,7 +49,7 @@ def resume_conflict(out: Path, config: Config) -> str | None:
     except (ConfigError, yaml.YAMLError) as error:
         log.warning("cannot compare with the config of the run in %s (%s); resuming it as is", out, error)
         return None
-    old, new = saved.model_dump(mode="json"), config.model_dump(mode="json")
+    old, new = _what_the_run_used(saved.model_dump(mode="json")), _what_the_run_used(config.model_dump(mode="json"))
     changes = [change for key in SAME_RUN_KEYS for change in differences(old[key], new[key], key)]
     # Stages may be added after the finished ones, not changed.
     kept = new["stages"][: len(old["stages"])]
