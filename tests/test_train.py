@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from alter.cli import app
-from alter.config import load_config
+from alter.config import StageConfig, load_config
+from alter.model import MTAModel
 from alter.train import loop
 from alter.train.resume import resume_conflict
 from alter.train.run import run_training
+from tests.conftest import model_config, stage_rows
 
 runner = CliRunner()
 
@@ -154,8 +157,6 @@ def test_evaluation_settings_and_added_stages_may_change_on_resume(finished):
 
 def test_the_settings_of_a_disabled_mta_module_do_not_stop_a_resume(tmp_path):
     """A baseline without MTA stays valid when the base config's MTA design changes."""
-    import yaml
-
     baseline = tiny(tmp_path, "baseline", "model.mta.enabled=false")
     out = Path(baseline.output_dir)
     (out / "stages").mkdir(parents=True)
@@ -238,10 +239,6 @@ def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
 
 def test_a_checkpoint_of_other_trainable_parameters_names_the_folder_to_delete(registry, samples, tmp_path):
     """E.g. a stage-2 checkpoint written before the gates had a weight for the shared expert."""
-    from alter.config import StageConfig
-    from alter.model import MTAModel
-    from tests.conftest import model_config, stage_rows
-
     tasks = [registry.get("sst2"), registry.get("stsb")]
     stage = StageConfig(kind="stage1", steps=2, save_every=1)
     rates = {"sst2": 0.5, "stsb": 0.5}

@@ -57,12 +57,10 @@ def _kept_predictions(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> 
 def _paired_between(kept: Kept, a: str, b: str, same_seeds: bool = False) -> dict[str, Any] | None:
     """A's macro minus B's on the tasks both have, each over its seeds (with `same_seeds`, B
     over A's seeds only); None without predictions."""
-    if a not in kept or b not in kept:
+    if a not in kept or b not in kept or (same_seeds and not kept[a].keys() <= kept[b].keys()):
         return None
     runs_a = list(kept[a].values())
-    runs_b = [kept[b][seed] for seed in kept[a] if seed in kept[b]] if same_seeds else list(kept[b].values())
-    if len(runs_b) < (len(runs_a) if same_seeds else 1):
-        return None
+    runs_b = [kept[b][seed] for seed in kept[a]] if same_seeds else list(kept[b].values())
     tasks = [task for task in runs_a[0] if all(task in run for run in runs_b)]
     return paired_bootstrap(runs_a, runs_b, tasks) if tasks else None
 
