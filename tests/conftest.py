@@ -47,7 +47,7 @@ def randomise_experts(model, seed: int = 0) -> None:
 
 def stage_rows(model, samples, rates: dict[str, float], per_task: int = 4):
     """A stage's data from the first `per_task` samples of each task, at the given mixture rates."""
-    from alter.train.loop import StageData
+    from alter.data.prepare import StageData
 
     rows = [model.encode(samples[name][:per_task]) for name in rates]
     return StageData(rows=rows, rates=list(rates.values()), task_names=list(rates))

@@ -8,10 +8,10 @@ import pytest
 
 from alter.config import ConfigError, parse_config
 from alter.data.mixture import batch_plan, mixture_rates
+from alter.data.prepare import load_split, load_tasks, load_training
 from alter.data.readers import DataError
 from alter.data.registry import TaskNotFoundError, TaskRegistry, builtin_registry
 from alter.data.task import Example, TaskSpec, data_root
-from alter.train.run import load_split, load_tasks, load_training
 
 
 def test_builtin_tasks_read_the_shared_data(registry):

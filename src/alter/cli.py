@@ -154,10 +154,10 @@ def eval_(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
           batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48) -> None:
     """Evaluate a saved model on its tasks."""
     from alter.config import EvalConfig
+    from alter.data.prepare import sample
     from alter.data.task import data_root as resolve_root
     from alter.evaluate.evaluator import evaluate, macro_average
     from alter.model import MTAModel
-    from alter.train.run import sample
 
     model = MTAModel.load(checkpoint)
     root = resolve_root(data_root)

@@ -16,6 +16,7 @@ from typing import Any
 
 from alter.baselines.bilstm import BiLSTMModel
 from alter.config import Config, ConfigError
+from alter.data.prepare import load_split, load_tasks, task_rates
 from alter.evaluate.evaluator import compute_task_metrics, macro_average
 from alter.evaluate.predictions import task_record, write_predictions
 from alter.evaluate.trivial import lead
@@ -23,7 +24,7 @@ from alter.experiment.config import ExperimentConfig, SystemConfig
 from alter.experiment.results import write_results
 from alter.model import MTAModel
 from alter.train.resume import differences, resume_conflict
-from alter.train.run import load_split, load_tasks, run_training, task_rates
+from alter.train.run import run_training
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"

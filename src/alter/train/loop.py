@@ -14,8 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from alter.config import StageConfig
-from alter.data.collate import Encoded
 from alter.data.mixture import batch_plan
+from alter.data.prepare import StageData
 from alter.distributed import SINGLE, Ranks, finish_gradients, no_sync, wrap
 from alter.model import MTAModel
 from alter.train.checkpoint import load_training_state, read_training_state, save_training_state
@@ -37,13 +37,6 @@ class JsonlLog:
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-
-
-@dataclass
-class StageData:
-    rows: list[list[Encoded]]  # encoded training examples, per task
-    rates: list[float]  # mixture sampling rate per task
-    task_names: list[str]
 
 
 @dataclass
