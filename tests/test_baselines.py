@@ -10,7 +10,8 @@ from alter.config import ModelConfig, SharedLoraConfig, StageConfig
 from alter.evaluate.trivial import lead
 from alter.model import MTAModel
 from alter.mta import MTAConfig
-from alter.train.stages import prepare_stage
+from alter.trainable import TrainableModel, load_model
+from alter.training.stages import prepare_stage
 from tests.conftest import model_config
 
 
@@ -73,7 +74,16 @@ def test_the_bilstm_learns_each_kind_of_task_and_predicts(registry, samples, tmp
     assert [type(value) for value, _ in predictions] == [str, str, float, float, str, str]
     assert set(predictions[0][1]) == {"negative", "positive"}
     model.save(tmp_path / "bilstm")
-    assert (tmp_path / "bilstm" / "trained.safetensors").exists()
+    loaded = load_model(tmp_path / "bilstm")  # the folder names its architecture
+    assert isinstance(loaded, BiLSTMModel) and isinstance(loaded, TrainableModel)
+    assert loaded.predict(examples, batch_size=4, max_new_tokens=6) == predictions
+
+
+def test_every_system_implements_the_trainable_contract(registry):
+    tasks = [registry.get("sst2")]
+    assert isinstance(MTAModel(model_config("tiny-llama"), tasks), TrainableModel)
+    assert isinstance(BiLSTMModel(model_config("tiny-llama"), tasks, BiLSTMConfig(embed_dim=8, hidden=8)),
+                      TrainableModel)
 
 
 def test_lead_takes_the_first_sentences_and_turns():

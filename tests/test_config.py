@@ -49,8 +49,13 @@ def test_overrides(tmp_path):
     assert (config.stages[0].steps, config.model.mta.rank, config.data.max_train) == (7, 4, 10)
     with pytest.raises(ConfigError, match="key=value"):
         load_config(path, ["stages.0.steps"])
-    with pytest.raises(ConfigError, match="model.mta.rank"):
-        load_config(path, ["model.mta.rank=big"])
+    with pytest.raises(ConfigError, match=r"^--set model.mta.rank: model.mta.rank: .*integer"):
+        load_config(path, ["model.mta.rank=big"])  # the --set is to blame, not the file
+    with pytest.raises(ConfigError, match=r"^--set model.mta: model.mta.rnak: unknown key"):
+        load_config(path, ["model.mta={rnak: 4}"])
+    with pytest.raises(ConfigError, match=r"^.*config.yaml: stages.0.steps"):
+        load_config(write(tmp_path, "data: {tasks: [sst2]}\nstages: [{kind: stage1, steps: x}]\n"),
+                    ["model.mta.rank=4"])
 
 
 def test_top_k_gates_need_softmax_collaboration(tmp_path):

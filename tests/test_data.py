@@ -72,6 +72,29 @@ def test_many_malformed_rows_are_an_error_naming_the_line(tmp_path):
         TaskRegistry([spec]).get("bad").read("train", tmp_path)
 
 
+def test_an_empty_input_field_is_an_error_naming_file_line_and_column(tmp_path):
+    spec = user_spec(tmp_path, 'body,team\nhello,billing\n"  ",tech\n')
+    with pytest.raises(DataError, match=r"tickets.csv:3: input field 'text' \(column 'body'\) of task tickets is emp"):
+        builtin_registry([spec]).get("tickets").read("train", tmp_path)
+
+
+def test_a_training_example_without_a_target_is_an_error(tmp_path):
+    spec = user_spec(tmp_path, "body,team\nhello,billing\nhi,\n")
+    config = parse_config({"data": {"tasks": ["tickets"], "custom_tasks": [spec.model_dump()]}})
+    with pytest.raises(DataError, match=r"tickets.csv:3: the target column 'team' of task tickets is empty"):
+        load_training(config, load_tasks(config))
+
+
+def test_a_malformed_row_is_skipped_counted_and_under_strict_an_error(tmp_path):
+    rows = "body,team\n" + "".join(f"t{i},tech\n" for i in range(20)) + "one,too,many\n"
+    spec = user_spec(tmp_path, rows)
+    task = builtin_registry([spec]).get("tickets")
+    assert len(task.read("train", tmp_path)) == 20 and task.skipped_rows == {"train": 1}
+    config = parse_config({"data": {"tasks": ["tickets"], "custom_tasks": [spec.model_dump()], "strict": True}})
+    with pytest.raises(DataError, match=r"tickets.csv:22: 3 fields, expected 2 .*data.strict"):
+        load_training(config, load_tasks(config))
+
+
 def test_missing_file_says_which_path_and_how_to_provide_it(tmp_path, registry, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match=r"SST-2/dev.tsv.*ALTER_DATA_DIR"):

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from alter.config import ConfigError, load_config
 from alter.distributed import Ranks
-from alter.train.run import run_training
+from alter.training.run import run_training
 
 ALTER = str(Path(sys.executable).with_name("alter"))
 # No evaluation before training, and no dropout anywhere (the tiny backbones have none):

@@ -8,8 +8,9 @@ import torch
 from alter.config import SharedLoraConfig, StageConfig
 from alter.model import MTAModel
 from alter.mta.experts import LoRAExpertLinear
-from alter.train.expert_lr import ExpertStepScaler, routed_shares
-from alter.train.loop import JsonlLog, train_stage
+from alter.training.expert_lr import ExpertStepScaler, routed_shares
+from alter.training.loop import train_stage
+from alter.training.run_log import RunLog
 from tests.conftest import model_config, stage_rows
 
 
@@ -54,7 +55,7 @@ def test_a_stage_with_routed_shares_moves_each_expert_by_its_share(registry, sam
         before = lora.lora_B.detach().clone()  # zero: lora_A gets no gradient at the first step
         stage = StageConfig(kind="stage1", steps=1, lr=1e-2, warmup_ratio=0.0, expert_lr=expert_lr)
         data = stage_rows(model, samples, {"sst2": 0.75, "stsb": 0.25})
-        train_stage(model, stage, data, tmp_path / expert_lr, JsonlLog(tmp_path / "log"), 0)
+        train_stage(model, stage, data, tmp_path / expert_lr, RunLog(tmp_path / "log"), 0)
         moved[expert_lr] = (lora.lora_B.detach() - before).abs().sum(dim=(1, 2))  # (K + 1,)
     assert (moved["same"] > 0).all()  # every expert served some row
     torch.testing.assert_close(moved["routed_share"], moved["same"] * torch.tensor([0.75, 0.25, 1.0]))
@@ -66,4 +67,4 @@ def test_routed_shares_without_experts_is_a_clear_error(registry, samples, tmp_p
     stage = StageConfig(kind="stage1", steps=1, expert_lr="routed_share")
     with pytest.raises(ValueError, match="expert_lr=routed_share needs MTA experts"):
         data = stage_rows(model, samples, {"sst2": 0.75, "stsb": 0.25})
-        train_stage(model, stage, data, tmp_path, JsonlLog(tmp_path / "log"), 0)
+        train_stage(model, stage, data, tmp_path, RunLog(tmp_path / "log"), 0)

@@ -12,7 +12,7 @@ from alter.config import StageConfig
 from alter.data.collate import IGNORE, Encoded
 from alter.data.task import Example, Task, TaskSpec
 from alter.model import MTAModel
-from alter.train.stages import prepare_stage
+from alter.training.stages import prepare_stage
 from tests.conftest import model_config, randomise_experts
 
 

@@ -10,7 +10,7 @@ from alter.data.collate import Encoded
 from alter.model import MTAModel
 from alter.mta import RoutingError
 from alter.mta.inject import UnsupportedBackboneError
-from alter.train.stages import prepare_stage
+from alter.training.stages import prepare_stage
 from tests.conftest import model_config, randomise_experts
 
 FAMILIES = [("tiny-llama", "lm"), ("tiny-t5", "lm"), ("tiny-bert", "classifier"), ("tiny-gpt2", "lm"),

@@ -8,7 +8,7 @@ import torch
 from alter.backbones import BackboneError, resolve_backbone
 from alter.config import StageConfig
 from alter.model import MTAModel
-from alter.train.stages import prepare_stage
+from alter.training.stages import prepare_stage
 from tests.conftest import model_config
 
 pytestmark = pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,9 @@ from typer.testing import CliRunner
 from alter.cli import app
 from alter.config import StageConfig, load_config
 from alter.model import MTAModel
-from alter.train import loop
-from alter.train.resume import resume_conflict
-from alter.train.run import run_training
+from alter.training import loop
+from alter.training.resume import resume_conflict
+from alter.training.run import run_training
 from tests.conftest import model_config, stage_rows
 
 runner = CliRunner()
@@ -51,18 +52,18 @@ def _weights(path) -> dict[str, torch.Tensor]:
 
 
 def _interrupt_at(monkeypatch, step: int, error: type[BaseException], stage: str = "stage1"):
-    write = loop.JsonlLog.write
+    write = loop.RunLog.write
 
     def failing(self, record):
         write(self, record)
         if record.get("stage") == stage and record.get("step") == step:
             raise error()
 
-    monkeypatch.setattr(loop.JsonlLog, "write", failing)
+    monkeypatch.setattr(loop.RunLog, "write", failing)
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, finished, error):
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, caplog, finished, error):
     """Ctrl-C saves at once; a crash (like a killed process) resumes from the last periodic save."""
     config = tiny(tmp_path, "resumed")
     with monkeypatch.context() as patch:
@@ -71,7 +72,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, fini
             run_training(config)
     saved_step = json.loads((tmp_path / "resumed/stages/stage1/last/state.json").read_text())["step"]
     assert saved_step == (6 if error is KeyboardInterrupt else 4)
-    run_training(config)
+    with caplog.at_level(logging.INFO, logger="alter.training.loop"):
+        run_training(config)
+    assert f"stage1: resumed from step {saved_step} of 12" in caplog.text
     full, resumed = _weights(Path(finished[0].output_dir)), _weights(tmp_path / "resumed")
     assert full.keys() == resumed.keys()
     for name in full:
@@ -244,10 +247,34 @@ def test_a_checkpoint_of_other_trainable_parameters_names_the_folder_to_delete(r
     rates = {"sst2": 0.5, "stsb": 0.5}
 
     old = MTAModel(model_config("tiny-llama", kind="lora", rank=2), tasks)
-    log = loop.JsonlLog(tmp_path / "log")
+    log = loop.RunLog(tmp_path / "log")
     loop.train_stage(old, stage, stage_rows(old, samples, rates, per_task=2), tmp_path / "stage1", log, 0)
     new = MTAModel(model_config("tiny-llama", kind="lora", rank=2, targets=["self_attn.q_proj"]), tasks)
     longer = stage.model_copy(update={"steps": 3})
     with pytest.raises(ValueError, match=r"stage1/last: the checkpoint holds an optimizer for other parameters.*"
                                          r"delete .*stage1 to train the stage again"):
         loop.train_stage(new, longer, stage_rows(new, samples, rates, per_task=2), tmp_path / "stage1", log, 0)
+
+
+def test_tensorboard_events_carry_losses_metrics_and_gates(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny(tmp_path, "tb", "logging.tensorboard=true", "eval.before_training=false")
+    run_training(config)
+    events = EventAccumulator(str(Path(config.output_dir) / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "train/loss/sst2", "train/loss/dialogsum"} <= tags
+    assert {"eval_final/sst2/accuracy", "eval_final/dialogsum/rougeL", "gates/sst2/expert_0"} <= tags
+    stage_steps = [stage.steps for stage in config.stages]
+    loss_steps = [event.step for event in events.Scalars("train/loss")]
+    assert max(loss_steps) == sum(stage_steps)  # one axis across the stages
+    assert events.Scalars("eval_final/sst2/accuracy")[0].step == sum(stage_steps)
+
+
+def test_alter_tasks_notes_skipped_rows_under_the_table_instead_of_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        result = runner.invoke(app, ["tasks"])
+    assert result.exit_code == 0, result.output
+    assert "qqp" in result.output and "note:" in result.output and "malformed" in result.output
+    assert not [record for record in caplog.records if record.name == "alter.data.readers"]

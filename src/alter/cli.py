@@ -80,24 +80,25 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
     Under `torchrun --nproc_per_node N` (or `accelerate launch`) it trains on N processes."""
     from alter import distributed
     from alter.config import load_config
-    from alter.train.run import run_training
+    from alter.evaluate.report_data import Report
+    from alter.training.run import run_training
 
     cfg = load_config(config, set_ or [])
     try:
-        report = run_training(cfg)
+        report = Report.model_validate(run_training(cfg))
     finally:
         distributed.stop()
     if os.environ.get("RANK", "0") != "0":
         return  # the main process prints the scores
-    console.print(score_table(f"{cfg.output_dir}", report["metrics"], report.get("before_training"),
-                              report["macro"], report.get("macro_before_training"), report.get("trivial"),
-                              report.get("macro_trivial")))
-    for line in report["shortfalls"]:
+    trivial = {name: score.model_dump() for name, score in report.trivial.items()} if report.trivial else None
+    console.print(score_table(f"{cfg.output_dir}", report.metrics, report.before_training, report.macro,
+                              report.macro_before_training, trivial, report.macro_trivial))
+    for line in report.shortfalls:
         console.print(f"[yellow]not learned:[/yellow] {line}")
-    for label, stage in report["stages"].items():
-        console.print(f"{label}: {stage['trainable_params']:,} trainable parameters, "
-                      f"{stage['wall_seconds']:.1f} s, {stage['tokens_per_s']:.0f} tokens/s")
-    console.print(f"training {report['train_seconds']:.0f} s, evaluation {sum(report['eval_seconds'].values()):.0f} s")
+    for label, stage in report.stages.items():
+        console.print(f"{label}: {stage.trainable_params:,} trainable parameters, "
+                      f"{stage.wall_seconds:.1f} s, {stage.tokens_per_s:.0f} tokens/s")
+    console.print(f"training {report.train_seconds:.0f} s, evaluation {sum(report.eval_seconds.values()):.0f} s")
     console.print(f"report: {cfg.output_dir}/report.md, model: {cfg.output_dir}/model")
 
 
@@ -152,14 +153,14 @@ def eval_(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
           data_root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
           output: Annotated[Optional[Path], typer.Option(help="write the metrics as JSON here")] = None,
           batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48) -> None:
-    """Evaluate a saved model on its tasks."""
+    """Evaluate a saved model (any system, the Bi-LSTM included) on its tasks."""
     from alter.config import EvalConfig
     from alter.data.prepare import sample
     from alter.data.task import data_root as resolve_root
     from alter.evaluate.evaluator import evaluate, macro_average
-    from alter.model import MTAModel
+    from alter.trainable import load_model
 
-    model = MTAModel.load(checkpoint)
+    model = load_model(checkpoint)
     root = resolve_root(data_root)
     sets = {task.name: sample(task.read(split, root), max_eval, 0, task.name) for task in model.tasks}
     metrics = evaluate(model, sets, EvalConfig(batch_size=batch_size, num_beams=num_beams,
@@ -238,13 +239,16 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
 @friendly_errors
 def export(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder")],
            out: Annotated[Path, typer.Argument(help="a new folder")],
-           task: Annotated[str, typer.Option(help="the task to export")]) -> None:
-    """One task as a self-contained folder: a plain Hugging Face model when its adapters are
-    LoRA (merged into the weights, no extra inference cost), else the checkpoint and its backbone."""
+           task: Annotated[str, typer.Option(help="the task to export")],
+           format: Annotated[str, typer.Option(help="auto, transformers, peft or alter")] = "auto") -> None:
+    """One task as a self-contained folder. transformers: a plain Hugging Face model, its LoRA
+    adapters merged into the weights (no extra inference cost); peft: a PEFT LoRA adapter of
+    the base model, for vLLM / LoRAX / PeftModel.from_pretrained; alter: the checkpoint and
+    its backbone; auto: transformers where the adapters merge, else alter."""
     from alter.model import MTAModel
     from alter.serve.export import export_task
 
-    card = export_task(MTAModel.load(checkpoint), task, out)
+    card = export_task(MTAModel.load(checkpoint), task, out, format)
     console.print(f"{task} exported to {out} ({card['format']}): {card['note']}")
 
 
@@ -260,14 +264,33 @@ def tasks(data_root: Annotated[Optional[str], typer.Option(help="data folder")] 
     table = Table(title=f"tasks (data root: {root})")
     for column in ("task", "kind", "main metric", "splits"):
         table.add_column(column)
-    for name in registry.names():
-        task = registry.get(name)
-        sizes = []
-        for split, source in task.spec.splits.items():
-            path = root / source.path
-            sizes.append(f"{split} {len(task.read(split, root)):,}" if path.exists() else f"{split} (missing)")
-        table.add_row(name, task.kind, task.main_metric, ", ".join(sizes))
+    skipped = _Collected()  # rows a reader skipped: a note under the table, once per file
+    readers = logging.getLogger("alter.data.readers")
+    readers.addHandler(skipped)
+    readers.propagate = False
+    try:
+        for name in registry.names():
+            task = registry.get(name)
+            sizes = []
+            for split, source in task.spec.splits.items():
+                path = root / source.path
+                sizes.append(f"{split} {len(task.read(split, root)):,}" if path.exists() else f"{split} (missing)")
+            table.add_row(name, task.kind, task.main_metric, ", ".join(sizes))
+    finally:
+        readers.removeHandler(skipped)
+        readers.propagate = True
     console.print(table)
+    for note in dict.fromkeys(skipped.messages):
+        console.print(f"[dim]note: {note}[/dim]")
+
+
+class _Collected(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 if __name__ == "__main__":  # python -m alter.cli

@@ -79,6 +79,9 @@ class DataConfig(_Strict):
     # held_out` (beside and apart from `validation`); no other stage trains on them.
     held_out: int | None = Field(default=None, ge=1)
     mixture: MixtureConfig = MixtureConfig()
+    # Malformed rows (wrong number of fields, invalid JSON) are errors instead of skipped with
+    # a warning (and counted in the report).
+    strict: bool = False
 
     def scored_tasks(self) -> list[str]:
         return [ref.name for ref in self.refs() if ref.scored]
@@ -125,13 +128,17 @@ class StageConfig(_Strict):
     # of them (a task draws the same on each expert in every layer): 1/L as many numbers, each
     # fitted on the gradient of every layer instead of one.
     gate_layers: Literal["each", "tied"] = "each"
-    # How far each expert steps (alter.train.expert_lr): `same`, every expert at `lr`;
+    # How far each expert steps (alter.training.expert_lr): `same`, every expert at `lr`;
     # `routed_share`, each at `lr` times the share of the batch's rows routed to it in
     # stage 1 (a shared expert: all of them), as if it trained on its rows alone.
     expert_lr: Literal["same", "routed_share"] = "same"
     eval_every: int | None = Field(default=None, ge=1)
     save_every: int = Field(default=50, ge=1)
     log_every: int = Field(default=10, ge=1)
+
+    def __init__(self, kind: str | None = None, /, **settings: Any) -> None:
+        """`StageConfig("stage1", steps=100)` as well as `StageConfig(kind="stage1", ...)`."""
+        super().__init__(**({"kind": kind} if kind is not None else {}), **settings)
 
     @property
     def label(self) -> str:
@@ -156,6 +163,12 @@ class DistributedConfig(_Strict):
     strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
+class LoggingConfig(_Strict):
+    # TensorBoard events in OUTPUT_DIR/tensorboard beside log.jsonl: training loss per task,
+    # learning rate, tokens/s, evaluation metrics and gate weights (needs `tensorboard`).
+    tensorboard: bool = False
+
+
 class Config(_Strict):
     output_dir: str = "runs/default"
     seed: int = 0
@@ -165,6 +178,7 @@ class Config(_Strict):
     stages: list[StageConfig] = [StageConfig(kind="stage1"), StageConfig(kind="stage2", steps=30, lr=1e-2)]
     eval: EvalConfig = EvalConfig()
     distributed: DistributedConfig = DistributedConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> Config:
@@ -235,20 +249,24 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
-def describe_errors(error: ValidationError, source: str) -> str:
+def describe_errors(error: ValidationError, source: str, overrides: list[str] | None = None) -> str:
+    """One line per problem: where it is (`source`, or the `--set` that wrote the key), the
+    key and what is wrong."""
+    set_keys = [item.partition("=")[0].strip() for item in overrides or []]
     lines = []
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
-        lines.append(f"{source}: {key}: {message}")
+        written = next((item for item in set_keys if key == item or key.startswith(item + ".")), None)
+        lines.append(f"--set {written}: {key}: {message}" if written else f"{source}: {key}: {message}")
     return "\n".join(lines)
 
 
-def parse_config(tree: dict, source: str = "config") -> Config:
+def parse_config(tree: dict, source: str = "config", overrides: list[str] | None = None) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(describe_errors(error, source)) from None
+        raise ConfigError(describe_errors(error, source, overrides)) from None
 
 
 def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = "config") -> dict:
@@ -266,4 +284,4 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = 
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    return parse_config(read_yaml(path, overrides), str(path))
+    return parse_config(read_yaml(path, overrides), str(path), overrides)

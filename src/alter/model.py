@@ -11,18 +11,28 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from alter.backbones import load_backbone, load_config
+from alter.backbones import (
+    backbone_is_loadable,
+    check_backbone,
+    load_backbone,
+    load_config,
+    plain_backbone,
+    stable_name,
+    with_pad_token,
+)
+from alter.card import write_model_card
 from alter.config import ModelConfig
 from alter.data.collate import Encoded
-from alter.data.task import Example, Task, TaskSpec
+from alter.data.registry import resolve_tasks
+from alter.data.task import Example, Task, TaskSpec, as_example
 from alter.heads import ClassifierHead, LMHead, Prediction
-from alter.mta import ExpertModule, MTALayer, TaskGate, inject_mta
+from alter.mta import ExpertModule, MTAConfig, MTALayer, TaskGate, inject_mta
+from alter.saved import BACKBONE_FOLDER, META_FILE, WEIGHTS_FILE, point_at_backbone_beside, read_meta
 from alter.shared_lora import add_shared_lora, shared_lora_parameters
 
 HEADS = {"lm": LMHead, "classifier": ClassifierHead}
-WEIGHTS_FILE = "trained.safetensors"
-META_FILE = "alter.json"
 
 
 def task_group(task: Task) -> str:
@@ -55,17 +65,26 @@ def stage1_assignment(tasks: Sequence[Task], config: ModelConfig) -> tuple[torch
 
 
 class MTAModel(nn.Module):
-    def __init__(self, config: ModelConfig, tasks: Sequence[Task]):
+    """A backbone with MTA layers inside it and task heads (`from_backbone` builds one from a
+    Hugging Face model or its name; `from_pretrained` loads a saved one)."""
+
+    def __init__(self, config: ModelConfig, tasks: Sequence[Task], backbone: PreTrainedModel | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None):
         super().__init__()
         if not tasks:
             raise ValueError("an MTA model needs at least one task")
         self.config = config
         self.tasks = list(tasks)
         self.task_index = {task.name: i for i, task in enumerate(self.tasks)}
-        backbone_config = load_config(config.backbone)
         head_class = HEADS[config.head]
-        self.head = head_class(backbone_config, self.tasks, config)
-        self.backbone, self.tokenizer = load_backbone(config.backbone, head_class.auto_class(backbone_config))
+        if backbone is None:
+            backbone_config = load_config(config.backbone)
+            backbone, tokenizer = load_backbone(config.backbone, head_class.auto_class(backbone_config))
+        elif tokenizer is None:
+            raise ValueError("a backbone given as a model object needs its tokenizer too")
+        self.head = head_class(backbone.config, self.tasks, config)
+        check_backbone(backbone, config.head)
+        self.backbone, self.tokenizer = backbone, with_pad_token(tokenizer)
         self.backbone.requires_grad_(False)
         self.mta_layers: list[MTALayer] = []
         if config.mta.enabled:
@@ -75,6 +94,20 @@ class MTAModel(nn.Module):
         if config.lora is not None:
             add_shared_lora(self.backbone, config.lora)
         self.backbone_trained = False
+        self.trained_in: Path | None = None  # the run folder of the last training run (its report and plots)
+
+    @classmethod
+    def from_backbone(cls, backbone: str | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None, *,
+                      tasks: Sequence[str | Task | TaskSpec], mta: MTAConfig | dict | None = None,
+                      **settings: Any) -> MTAModel:
+        """Wrap a Hugging Face model (a loaded one, changed in place as `peft.get_peft_model`
+        changes it, or a name: a built-in one, a local folder or a hub id) with MTA layers
+        and heads for `tasks` (built-in names, `Task`s or `TaskSpec`s). `settings`: the
+        other fields of `ModelConfig` (`head`, `max_source_length`, `lora`, ...)."""
+        name = stable_name(backbone if isinstance(backbone, str) else backbone.config.name_or_path)
+        config = ModelConfig.model_validate({"backbone": name, **settings,
+                                             "mta": mta if mta is not None else MTAConfig()})
+        return cls(config, resolve_tasks(tasks), None if isinstance(backbone, str) else backbone, tokenizer)
 
     # --- parameters as data -------------------------------------------------------------
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
@@ -94,8 +127,15 @@ class MTAModel(nn.Module):
         return groups
 
     # --- data -> tensors ----------------------------------------------------------------
-    def encode(self, examples: Sequence[Example], with_target: bool = True) -> list[Encoded]:
+    def encode(self, examples: Sequence[Example | dict], with_target: bool = True) -> list[Encoded]:
+        """Rows of examples, given as `Example`s or as requests {"task": NAME, "inputs": {...}}."""
+        examples = [as_example(example) for example in examples]
         ids = [self.task_id(example.task) for example in examples]
+        for task_id, example in zip(ids, examples):
+            missing = [field for field in self.tasks[task_id].spec.inputs if field not in example.inputs]
+            if missing:
+                raise ValueError(f"{example.source or example.task}: task {example.task} needs the input field(s) "
+                                 f"{', '.join(missing)}")
         return [self.head.encode(task_id, self.tasks[task_id], example, self.tokenizer, with_target)
                 for task_id, example in zip(ids, examples)]
 
@@ -109,7 +149,7 @@ class MTAModel(nn.Module):
         return self.head.losses(self.backbone, self.head.collate(rows, self.tokenizer), self.tasks)
 
     @torch.no_grad()
-    def predict(self, examples: Sequence[Example], batch_size: int = 16, max_new_tokens: int = 48,
+    def predict(self, examples: Sequence[Example | dict], batch_size: int = 16, max_new_tokens: int = 48,
                 num_beams: int = 1, progress: str | None = None) -> list[Prediction]:
         """Predictions in input order: (label, scores) / (score, {}) / (text, {}). `progress`:
         the label of a progress bar over the examples (none by default)."""
@@ -210,13 +250,27 @@ class MTAModel(nn.Module):
                 state[name] = torch.tensor(False)
         self.load_state_dict(state, strict=False)
 
+    def save_pretrained(self, directory: str | Path) -> None:
+        """`save`, with a model card (README.md, for the Hub) that lists the tasks and, after
+        a training run, their scores and gates; a backbone that has no name to load it by
+        again (built in memory) is saved beside the weights."""
+        directory = Path(directory)
+        self.save(directory)
+        if not backbone_is_loadable(self.config.backbone):
+            plain_backbone(self.backbone).save_pretrained(directory / BACKBONE_FOLDER)
+            self.tokenizer.save_pretrained(directory / BACKBONE_FOLDER)
+            point_at_backbone_beside(directory)
+        write_model_card(directory, self, self.trained_in)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MTAModel:
+        """A model saved by `save_pretrained` (or `save`); the model card is not read."""
+        return cls.load(directory)
+
     @classmethod
     def load(cls, directory: str | Path) -> MTAModel:
         directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{directory} is not an alter checkpoint (no {META_FILE})")
-        meta = json.loads(meta_path.read_text())
+        meta = read_meta(directory)
         tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
         config = ModelConfig.model_validate(meta["model"])
         beside = directory / config.backbone  # an exported model carries its backbone in its folder

@@ -6,8 +6,8 @@ with dot-product (Luong) attention over the encoder states, decoded greedily, it
 layer tied to the embeddings. Tokens come from the backbone's tokenizer: its vocabulary
 only, no pretrained weights.
 
-The model speaks the same interface as `MTAModel` (encode, forward -> per-example losses,
-predict, parameter groups, save), so the one training loop and evaluator run it. All its
+The model implements `alter.trainable.TrainableModel` (encode, forward -> per-example losses,
+predict, parameter groups, save, load), so the one training loop and evaluator run it. All its
 weights form the `backbone` group: a stage trains them with `train_backbone: true`.
 """
 
@@ -21,14 +21,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alter.backbones import load_tokenizer
 from alter.config import ModelConfig
 from alter.data.collate import IGNORE, Encoded, attention_mask, pad
-from alter.data.task import Example, Task
+from alter.data.task import Example, Task, TaskSpec
 from alter.heads import Prediction
+from alter.saved import META_FILE, WEIGHTS_FILE, read_meta
 
 
 class BiLSTMConfig(BaseModel):
@@ -199,8 +200,17 @@ class BiLSTMModel(nn.Module):
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.trained_state(), str(directory / "trained.safetensors"))
+        save_file(self.trained_state(), str(directory / WEIGHTS_FILE))
         meta = {"format": 1, "architecture": "bilstm", "model": self.config.model_dump(mode="json"),
                 "bilstm": self.lstm_config.model_dump(), "tasks": [task.spec.model_dump(mode="json")
                                                           for task in self.tasks], **(extra or {})}
-        (directory / "alter.json").write_text(json.dumps(meta, indent=2))
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BiLSTMModel:
+        directory = Path(directory)
+        meta = read_meta(directory)
+        tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
+        model = cls(ModelConfig.model_validate(meta["model"]), tasks, BiLSTMConfig.model_validate(meta["bilstm"]))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return model.eval()

@@ -12,6 +12,7 @@ from typing import Protocol
 from alter.config import Config, ConfigError, MixtureConfig, TaskRef
 from alter.data.collate import Encoded
 from alter.data.mixture import mixture_rates
+from alter.data.readers import DataError
 from alter.data.registry import builtin_registry
 from alter.data.task import Example, Task, data_root
 
@@ -79,7 +80,8 @@ def load_split(config: Config, tasks: Sequence[Task], split: str, training: bool
     if training:
         return load_training(config, tasks, split).train
     refs = {ref.name: ref for ref in config.data.refs()}
-    return {task.name: sample(task.read(split, data_root(config.data.root)), refs[task.name].max_eval,
+    root = data_root(config.data.root)
+    return {task.name: sample(task.read(split, root, config.data.strict), refs[task.name].max_eval,
                               config.data.seed, task.name)
             for task in tasks if refs[task.name].scored}  # an auxiliary task is trained on, never scored
 
@@ -87,7 +89,11 @@ def load_split(config: Config, tasks: Sequence[Task], split: str, training: bool
 def _training_pool(config: Config, task: Task, ref: TaskRef,
                    split: str) -> tuple[list[Example], list[Example], list[Example]]:
     """(validation examples, held-out examples, the rest) of a task's training split."""
-    examples = task.read(ref.train_split or split, data_root(config.data.root))
+    examples = task.read(ref.train_split or split, data_root(config.data.root), config.data.strict)
+    unlabelled = next((example for example in examples if example.target is None), None)
+    if unlabelled is not None:
+        raise DataError(f"{unlabelled.source}: the target column '{task.spec.target}' of task {task.name} is "
+                        "empty; every training example needs one")
     if ref.min_train_words:
         examples = [example for example in examples if words(example) >= ref.min_train_words]
     parts = []

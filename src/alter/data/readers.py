@@ -80,10 +80,11 @@ class MalformedRows:
     The QQP subset, for example, holds one line where two rows were joined.
     """
 
-    def __init__(self, path: Path, tolerance: float = 0.01, floor: int = 5):
+    def __init__(self, path: Path, tolerance: float = 0.01, floor: int = 5, strict: bool = False):
         self.path = path
         self.tolerance = tolerance
         self.floor = floor
+        self.strict = strict  # `data.strict`: any bad row is an error
         self.problems: list[tuple[int, str]] = []
 
     def add(self, line: int, problem: str) -> None:
@@ -93,8 +94,9 @@ class MalformedRows:
         if not self.problems:
             return
         line, problem = self.problems[0]
-        allowed = max(self.floor, int(self.tolerance * (good_rows + len(self.problems))))
+        allowed = 0 if self.strict else max(self.floor, int(self.tolerance * (good_rows + len(self.problems))))
         if len(self.problems) > allowed or good_rows == 0:
-            raise DataError(f"{self.path}:{line}: {problem} ({len(self.problems)} bad rows in all)")
+            strict = " (data.strict is on)" if self.strict else ""
+            raise DataError(f"{self.path}:{line}: {problem} ({len(self.problems)} bad rows in all){strict}")
         log.warning("%s: skipped %d malformed row(s), first at line %d: %s",
                     self.path, len(self.problems), line, problem)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from alter.data.builtin import BUILTIN_TASKS
 from alter.data.task import Task, TaskSpec
@@ -41,3 +41,15 @@ class TaskRegistry:
 def builtin_registry(user_specs: Iterable[TaskSpec] = ()) -> TaskRegistry:
     """The built-in tasks plus a user's own (a user task may not reuse a built-in name)."""
     return TaskRegistry([*BUILTIN_TASKS, *user_specs])
+
+
+def resolve_tasks(tasks: Sequence[str | Task | TaskSpec]) -> list[Task]:
+    """Tasks given in Python: built-in names, `Task`s or `TaskSpec`s, in order."""
+    registry = builtin_registry()
+    resolved = [registry.get(task) if isinstance(task, str) else Task(task) if isinstance(task, TaskSpec) else task
+                for task in tasks]
+    names = [task.name for task in resolved]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"tasks: task(s) given twice: {', '.join(duplicates)}")
+    return resolved

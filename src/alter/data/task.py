@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alter.data.readers import DataError, MalformedRows, read_rows
 
@@ -57,6 +57,13 @@ class TaskSpec(BaseModel):
     metrics: list[str] = []
     main_metric: str | None = None
 
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _paths_as_sources(cls, splits: dict) -> dict:
+        """A split may be given as its file's path alone."""
+        return {name: {"path": str(source)} if isinstance(source, (str, Path)) else source
+                for name, source in (splits or {}).items()}
+
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
         if self.kind == "classification" and not self.labels:
@@ -76,6 +83,15 @@ class Example:
     target: str | float | None  # label name, score or reference text; None when hidden
     references: tuple[str, ...] = ()  # every reference text of a generation example
     source: str = ""  # "file:line", for messages
+
+
+def as_example(item: Example | dict) -> Example:
+    """An `Example`, or a request {"task": NAME, "inputs": {FIELD: TEXT}} as one (no target)."""
+    if isinstance(item, Example):
+        return item
+    if not isinstance(item, dict) or not isinstance(item.get("task"), str) or not isinstance(item.get("inputs"), dict):
+        raise ValueError(f'an example is an Example or {{"task": NAME, "inputs": {{FIELD: TEXT}}}}, got {item!r:.80}')
+    return Example(item["task"], {field: str(text) for field, text in item["inputs"].items()}, None)
 
 
 DEFAULT_METRICS = {
@@ -98,20 +114,37 @@ def data_root(configured: str | None = None) -> Path:
 
 
 class Task:
-    """Behaviour of one task, built from its spec."""
+    """Behaviour of one task, built from its spec: `Task(spec)`, or `Task(name=..., kind=...,
+    ...)` with the fields of `TaskSpec`, or `Task.from_file(...)` for a user's CSV/TSV/JSONL."""
 
-    def __init__(self, spec: TaskSpec):
+    def __init__(self, spec: TaskSpec | None = None, /, **fields):
+        if spec is None:
+            spec = TaskSpec(**fields)
+        elif fields:
+            raise TypeError("Task takes a TaskSpec or the fields of one, not both")
         self.spec = spec
         self.name = spec.name
         self.kind: TaskKind = spec.kind
+        self.skipped_rows: dict[str, int] = {}  # split -> malformed rows skipped by `read`
         self.metrics = spec.metrics or DEFAULT_METRICS[spec.kind]
         self.main_metric = spec.main_metric or DEFAULT_MAIN[spec.kind]
+
+    @classmethod
+    def from_file(cls, train: str | Path, **settings) -> Task:
+        """A task from a CSV / TSV / JSONL file (`alter.data.user_task.spec_from_files`)."""
+        from alter.data.user_task import spec_from_files  # it builds TaskSpecs: imported late
+
+        return cls(spec_from_files(train, **settings))
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, {self.kind})"
 
     # --- reading ------------------------------------------------------------------------
-    def read(self, split: str, root: Path) -> list[Example]:
+    def read(self, split: str, root: Path, strict: bool = False) -> list[Example]:
+        """The split's examples. A malformed row (wrong number of fields, invalid JSON) is
+        skipped with a warning and counted in `skipped_rows` (an error with `strict`, or
+        when there are many); an empty input field or a label outside the label set is an
+        error naming the file and line."""
         if split not in self.spec.splits:
             raise DataError(f"task {self.name} has no split '{split}' (it has: {', '.join(self.spec.splits)})")
         source = self.spec.splits[split]
@@ -119,7 +152,7 @@ class Task:
         if not path.exists():
             return self._from_hub(split, source, path)
         examples: list[Example] = []
-        malformed = MalformedRows(path)
+        malformed = MalformedRows(path, strict=strict)
         rows = read_rows(path, source.format, source.header, source.columns)
         for index, (line, row) in enumerate(rows):
             if index < source.skip:
@@ -135,6 +168,8 @@ class Task:
                     problem = f"missing column {missing}"
             malformed.add(line, problem)
         malformed.finish(len(examples))
+        if malformed.problems:
+            self.skipped_rows[split] = len(malformed.problems)
         return examples
 
     def _from_hub(self, split: str, source: SplitSource, path: Path) -> list[Example]:
@@ -168,6 +203,10 @@ class Task:
     def example(self, row: dict, where: str) -> Example:
         """One row -> Example; a value outside the label set is an error naming `where`."""
         inputs = {field: str(row[column]) for field, column in self.spec.inputs.items()}
+        for field, text in inputs.items():
+            if not text.strip():
+                raise DataError(f"{where}: input field '{field}' (column '{self.spec.inputs[field]}') of task "
+                                f"{self.name} is empty")
         raw = row.get(self.spec.target)
         target: str | float | None = None
         references: tuple[str, ...] = ()

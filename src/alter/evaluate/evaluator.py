@@ -12,7 +12,7 @@ from alter.data.task import Example, Task
 from alter.distributed import SINGLE, Ranks
 from alter.evaluate.metrics import compute
 from alter.evaluate.predictions import references_of, task_record
-from alter.model import MTAModel
+from alter.trainable import TrainableModel
 
 
 @dataclass
@@ -22,13 +22,13 @@ class Evaluation:
     seconds: float
 
 
-def evaluate(model: MTAModel, eval_sets: dict[str, list[Example]], config: EvalConfig,
+def evaluate(model: TrainableModel, eval_sets: dict[str, list[Example]], config: EvalConfig,
              ranks: Ranks = SINGLE) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} on 0-1 scales."""
     return evaluate_with_predictions(model, eval_sets, config, ranks).metrics
 
 
-def evaluate_with_predictions(model: MTAModel, eval_sets: dict[str, list[Example]], config: EvalConfig,
+def evaluate_with_predictions(model: TrainableModel, eval_sets: dict[str, list[Example]], config: EvalConfig,
                               ranks: Ranks = SINGLE, what: str | None = None) -> Evaluation:
     """Scores and per-example predictions; all tasks' examples predicted together (each
     process of a distributed run predicts its share). `what` labels a progress bar."""
@@ -45,7 +45,7 @@ def evaluate_with_predictions(model: MTAModel, eval_sets: dict[str, list[Example
     return Evaluation(metrics, records, time.perf_counter() - started)
 
 
-def predict_shared(model: MTAModel, examples: Sequence[Example], config: EvalConfig,
+def predict_shared(model: TrainableModel, examples: Sequence[Example], config: EvalConfig,
                    ranks: Ranks = SINGLE, progress: str | None = None) -> list:
     """Predictions in input order, each rank predicting its share.
 

@@ -107,7 +107,8 @@ def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], t
 
 def build_report(model, final: dict, before: dict | None, stages: Sequence, eval_counts: dict[str, int],
                  after_stage: dict[str, dict] | None = None, eval_seconds: dict[str, float] | None = None,
-                 trivial: dict[str, dict] | None = None) -> dict[str, Any]:
+                 trivial: dict[str, dict] | None = None,
+                 skipped_rows: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """The report as data: scores (after, before and between stages; `final` and each of
     `after_stage` are {"metrics", "validation"}), each stage's cost and the evaluations' time."""
     tasks = model.tasks
@@ -129,6 +130,8 @@ def build_report(model, final: dict, before: dict | None, stages: Sequence, eval
         report["trivial"] = trivial
         report["macro_trivial"] = macro_average(tasks, {name: t["metrics"] for name, t in trivial.items()})
     report["shortfalls"] = shortfalls(tasks, after, trivial or {}, before)
+    if skipped_rows:  # malformed rows the readers skipped: task -> split -> rows
+        report["skipped_rows"] = skipped_rows
     if final.get("validation"):
         report["validation"] = {"metrics": final["validation"], "macro": macro_average(tasks, final["validation"])}
     if before is not None:
@@ -169,6 +172,10 @@ def write_report(out: Path, model, report: dict[str, Any]) -> dict[str, Any]:
                 markdown_table(tasks, report["metrics"], report.get("before_training"), report.get("trivial")), ""]
     if report.get("shortfalls"):
         markdown += ["**Not learned:**", "", *(f"- {line}" for line in report["shortfalls"]), ""]
+    if report.get("skipped_rows"):
+        markdown += ["**Malformed rows skipped:** " + "; ".join(
+            f"{task} {split} {rows}" for task, splits in report["skipped_rows"].items()
+            for split, rows in splits.items()), ""]
     markdown += ["## Stages", "", *stage_lines, "",
                  f"Training {report['train_seconds']:.0f} s; evaluation "
                  + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["eval_seconds"].items()) + ".", ""]

@@ -121,4 +121,4 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     try:
         return ExperimentConfig.model_validate(read_yaml(path, overrides, "experiment config"))
     except ValidationError as error:
-        raise ConfigError(describe_errors(error, str(path))) from None
+        raise ConfigError(describe_errors(error, str(path), overrides)) from None

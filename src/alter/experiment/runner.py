@@ -19,12 +19,13 @@ from alter.config import Config, ConfigError
 from alter.data.prepare import load_split, load_tasks, task_rates
 from alter.evaluate.evaluator import compute_task_metrics, macro_average
 from alter.evaluate.predictions import task_record, write_predictions
+from alter.evaluate.report_data import Report
 from alter.evaluate.trivial import lead
 from alter.experiment.config import ExperimentConfig, SystemConfig
 from alter.experiment.results import write_results
 from alter.model import MTAModel
-from alter.train.resume import differences, resume_conflict
-from alter.train.run import run_training
+from alter.training.resume import differences, resume_conflict
+from alter.training.run import run_training
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
@@ -77,7 +78,7 @@ def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dic
     if not system.per_task:
         if system.starts_from is not None:
             copy_shared_stages(config, name, seed, out)
-        return _summary(run_training(config.train_config(name, seed, out), build))
+        return _summary(Report.model_validate(run_training(config.train_config(name, seed, out), build)))
     base = config.train_config(name, seed, out)
     names = base.data.scored_tasks()  # an auxiliary task alone would never be scored
     rates = _mixture_rates(base)
@@ -85,14 +86,14 @@ def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dic
     for task in names:
         finished = out / task / "report.json"
         if finished.exists():  # this task's model was trained and scored by an earlier piece of the run
-            reports[task] = json.loads(finished.read_text())
+            reports[task] = Report.read(finished)
             continue
         task_config = config.train_config(name, seed, out / task, tasks=[task])
         if system.per_task_steps == "share":
             stages = [stage.model_copy(update={"steps": max(1, round(stage.steps * rates[task]))})
                       for stage in task_config.stages]
             task_config = task_config.model_copy(update={"stages": stages})
-        reports[task] = run_training(task_config, build)
+        reports[task] = Report.model_validate(run_training(task_config, build))
     return _combine(reports)
 
 
@@ -138,28 +139,28 @@ def _mixture_rates(config: Config) -> dict[str, float]:
     return task_rates(config, sizes)
 
 
-def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    stages = report["stages"].values()
+def _summary(report: Report) -> dict[str, Any]:
+    stages = report.stages.values()
     return {
-        "tasks": report["metrics"],
-        "macro": report["macro"],
-        "train_seconds": round(sum(stage["wall_seconds"] for stage in stages), 2),
-        "eval_seconds": round(sum(report.get("eval_seconds", {}).values()), 2),
-        "trainable_params": sum(stage["trainable_params"] for stage in stages),
-        "stages": report["stages"],
-        "eval_examples": report["eval_examples"],
+        "tasks": report.metrics,
+        "macro": report.macro,
+        "train_seconds": round(sum(stage.wall_seconds for stage in stages), 2),
+        "eval_seconds": round(sum(report.eval_seconds.values()), 2),
+        "trainable_params": sum(stage.trainable_params for stage in stages),
+        "stages": {label: stage.model_dump() for label, stage in report.stages.items()},
+        "eval_examples": report.eval_examples,
         "predictions": "predictions_final.json",
-        **({"validation_macro": report["validation"]["macro"]} if "validation" in report else {}),
+        **({"validation_macro": report.validation.macro} if report.validation else {}),
         "log": "log.jsonl",
-        **({"gates": "gates.png"} if "gates" in report.get("plots", {}) else {}),
+        **({"gates": "gates.png"} if "gates" in report.plots else {}),
     }
 
 
-def _combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _combine(reports: dict[str, Report]) -> dict[str, Any]:
     """One model per task: their scores side by side, their costs added up."""
     parts = {task: _summary(report) for task, report in reports.items()}
     tasks = {task: part["tasks"][task] for task, part in parts.items()}
-    main = {task: reports[task]["main_metrics"][task] for task in reports}
+    main = {task: reports[task].main_metrics[task] for task in reports}
     return {
         "tasks": tasks,
         "macro": 100.0 * sum(tasks[t][main[t]] for t in tasks) / len(tasks),
@@ -171,7 +172,7 @@ def _combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
                      for task, part in parts.items()},
         **({"validation_macro": sum(part["validation_macro"] for part in parts.values()) / len(parts)}
            if all("validation_macro" in part for part in parts.values()) else {}),
-        "eval_examples": {task: reports[task]["eval_examples"][task] for task in reports},
+        "eval_examples": {task: reports[task].eval_examples[task] for task in reports},
         "log": {task: f"{task}/log.jsonl" for task in reports},
     }
 
@@ -180,18 +181,18 @@ def _after_stage(run_dir: Path, system: SystemConfig) -> dict[str, Any]:
     report_path = run_dir / "report.json"
     if not report_path.exists():
         raise FileNotFoundError(f"{report_path}: system '{system.of}' has not finished; run it first")
-    report = json.loads(report_path.read_text())
-    scores = report.get("after_stage", {}).get(system.stage)
+    report = Report.read(report_path)
+    scores = (report.after_stage or {}).get(system.stage)
     if scores is None:
         raise ValueError(f"{report_path} holds no scores after stage '{system.stage}' "
-                         f"(stages with scores: {', '.join(report.get('after_stage', {})) or 'none'})")
-    stage = report["stages"][system.stage]
-    return {"tasks": scores["metrics"], "macro": scores["macro"], "train_seconds": stage["wall_seconds"],
-            "eval_seconds": report.get("eval_seconds", {}).get(f"after_{system.stage}", 0.0),
-            "trainable_params": stage["trainable_params"], "stages": {system.stage: stage},
-            "eval_examples": report["eval_examples"], "log": f"../{system.of}/log.jsonl",
+                         f"(stages with scores: {', '.join(report.after_stage or {}) or 'none'})")
+    stage = report.stages[system.stage]
+    return {"tasks": scores.metrics, "macro": scores.macro, "train_seconds": stage.wall_seconds,
+            "eval_seconds": report.eval_seconds.get(f"after_{system.stage}", 0.0),
+            "trainable_params": stage.trainable_params, "stages": {system.stage: stage.model_dump()},
+            "eval_examples": report.eval_examples, "log": f"../{system.of}/log.jsonl",
             "predictions": f"../{system.of}/predictions_after_{system.stage}.json",
-            **({"validation_macro": scores["validation_macro"]} if "validation_macro" in scores else {}),
+            **({"validation_macro": scores.validation_macro} if scores.validation_macro is not None else {}),
             "from": f"{system.of} after {system.stage}"}
 
 

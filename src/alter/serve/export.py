@@ -6,6 +6,8 @@ backbone's weights: W' = W + scale * sum_k g_k(t) A_k B_k. The result is a plain
 model, with no extra inference cost, that any `transformers` user loads. Otherwise (bottleneck
 or FFN-copy experts, input-dependent gates, classifier heads) the folder holds the alter
 checkpoint and a copy of the backbone beside it, loadable with `MTAModel.load` anywhere.
+`--format peft` writes the task's adapters as one PEFT LoRA adapter instead
+(`alter.serve.peft_export`), for engines that serve many adapters over one base model.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from alter.backbones import load_backbone
-from alter.model import META_FILE, MTAModel
+from alter.backbones import plain_backbone
+from alter.model import MTAModel
 from alter.mta.experts import LoRAExpertLinear
+from alter.saved import BACKBONE_FOLDER, point_at_backbone_beside
 from alter.shared_lora import ADAPTER
 
 TASK_CARD = "alter-task.json"
@@ -37,23 +40,38 @@ def why_not_mergeable(model: MTAModel) -> str | None:
     return None
 
 
-def export_task(model: MTAModel, task: str, out: Path) -> dict[str, Any]:
-    """Write task `task` of `model` to `out`; returns what was written (its task card)."""
+FORMATS = ("auto", "transformers", "peft", "alter")
+
+
+def export_task(model: MTAModel, task: str, out: Path, format: str = "auto") -> dict[str, Any]:  # noqa: A002
+    """Write task `task` of `model` to `out` as `format`: `transformers` (adapters merged
+    into a plain model), `peft` (a LoRA adapter for the base model), `alter` (the checkpoint
+    with its backbone), or `auto` (merged where possible, else alter). Returns the task card."""
+    if format not in FORMATS:
+        raise ValueError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     task_id = model.task_id(task)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    spec = model.tasks[task_id].spec
     reason = why_not_mergeable(model)
-    card: dict[str, Any] = {"task": spec.model_dump(mode="json"), "source_backbone": model.config.backbone}
-    if reason is None:
-        merged = merged_backbone(model, task_id)
-        merged.save_pretrained(out)
-        model.tokenizer.save_pretrained(out)
-        card.update(format="transformers", note="adapters merged into the weights; prompt with the task's template")
-    else:
+    if format == "transformers" and reason:
+        raise ValueError(f"cannot merge task {task} into a plain model: {reason}; use --format alter")
+    if format == "peft":
+        from alter.serve.peft_export import export_peft  # peft's LoraConfig only when asked for
+
+        adapter = export_peft(model, task_id, out)
+        note = f"a PEFT LoRA adapter of rank {adapter['r']} for {adapter['base_model_name_or_path']}"
+    elif format == "alter" or reason:
+        out.mkdir(parents=True, exist_ok=True)
         _copy_checkpoint(model, out)
-        card.update(format="alter", note=f"not merged ({reason}): load with alter.model.MTAModel.load")
+        note = f"not merged ({reason or 'as asked'}): load with alter.MTAModel.from_pretrained"
+        format = "alter"
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        merged_backbone(model, task_id).save_pretrained(out)
+        model.tokenizer.save_pretrained(out)
+        note, format = "adapters merged into the weights; prompt with the task's template", "transformers"
+    card: dict[str, Any] = {"task": model.tasks[task_id].spec.model_dump(mode="json"),
+                            "source_backbone": model.config.backbone, "format": format, "note": note}
     (out / TASK_CARD).write_text(json.dumps(card, indent=2))
     return card
 
@@ -61,11 +79,7 @@ def export_task(model: MTAModel, task: str, out: Path) -> dict[str, Any]:
 @torch.no_grad()
 def merged_backbone(model: MTAModel, task_id: int) -> nn.Module:
     """A fresh copy of the backbone with task `task_id`'s adapters added to its weights."""
-    plain, _ = load_backbone(model.config.backbone, type(model.backbone))
-    if model.backbone_trained:  # fine-tuned weights first; adapters wrap `.base` / `.base_layer`
-        state = {name.replace(".base.", ".").replace(".base_layer.", "."): value
-                 for name, value in model.backbone.state_dict().items()}
-        plain.load_state_dict(state, strict=False)
+    plain = plain_backbone(model.backbone)  # its current weights, fine-tuned ones included
     gates = {id(layer.slot): layer.gate(torch.tensor([task_id]), None)[0] for layer in model.mta_layers}  # (K,)
     for name, module in model.backbone.named_modules():
         if isinstance(module, LoRAExpertLinear):
@@ -89,9 +103,6 @@ def _add(target: nn.Module, delta_in_out: torch.Tensor) -> None:
 def _copy_checkpoint(model: MTAModel, out: Path) -> None:
     """The alter checkpoint, with the backbone folder copied in beside it."""
     model.save(out)
-    plain, tokenizer = load_backbone(model.config.backbone, type(model.backbone))
-    plain.save_pretrained(out / "backbone")
-    tokenizer.save_pretrained(out / "backbone")
-    meta = json.loads((out / META_FILE).read_text())
-    meta["backbone"] = meta["model"]["backbone"] = "backbone"  # `MTAModel.load` reads it relative to the folder
-    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    plain_backbone(model.backbone).save_pretrained(out / BACKBONE_FOLDER)
+    model.tokenizer.save_pretrained(out / BACKBONE_FOLDER)
+    point_at_backbone_beside(out)

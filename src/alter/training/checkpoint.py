@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from alter.model import MTAModel
+from alter.trainable import TrainableModel
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -35,7 +35,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_training_state(directory: Path, model: MTAModel, optimizer: torch.optim.Optimizer,
+def save_training_state(directory: Path, model: TrainableModel, optimizer: torch.optim.Optimizer,
                         step: int, extra: dict[str, Any]) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
@@ -63,7 +63,8 @@ def read_training_state(directory: Path) -> TrainingState:
     return load_file(str(directory / "state.safetensors")), json.loads((directory / "state.json").read_text())
 
 
-def load_training_state(state: TrainingState, model: MTAModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_training_state(state: TrainingState, model: TrainableModel,
+                        optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore weights, optimizer and RNG; returns the JSON part (with `step`)."""
     tensors, meta = state
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from alter.config import StageConfig
-from alter.model import MTAModel
+from alter.trainable import TrainableModel
 
 STAGE_GROUPS: dict[str, set[str]] = {
     "stage1": {"experts", "adapters", "heads"},  # specialise: each task trains its own expert
@@ -23,7 +23,7 @@ def trainable_groups(stage: StageConfig) -> set[str]:
     return groups
 
 
-def prepare_stage(model: MTAModel, stage: StageConfig) -> dict[str, nn.Parameter]:
+def prepare_stage(model: TrainableModel, stage: StageConfig) -> dict[str, nn.Parameter]:
     """Set the gate mode and `requires_grad`; returns the trainable parameters by name."""
     if stage.kind == "stage1":
         for layer in model.mta_layers:

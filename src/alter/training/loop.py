@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -17,26 +16,13 @@ from alter.config import StageConfig
 from alter.data.mixture import batch_plan
 from alter.data.prepare import StageData
 from alter.distributed import SINGLE, Ranks, finish_gradients, no_sync, wrap
-from alter.model import MTAModel
-from alter.train.checkpoint import load_training_state, read_training_state, save_training_state
-from alter.train.expert_lr import ExpertStepScaler, routed_shares
-from alter.train.stages import prepare_stage
+from alter.trainable import TrainableModel
+from alter.training.checkpoint import load_training_state, read_training_state, save_training_state
+from alter.training.expert_lr import ExpertStepScaler, routed_shares
+from alter.training.run_log import RunLog
+from alter.training.stages import prepare_stage
 
-
-class JsonlLog:
-    """Appends one JSON object per line; what a plot or a person reads after the run.
-    Written by the main process only."""
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path = path
-        self.enabled = enabled
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,7 +49,7 @@ def _schedule(stage: StageConfig) -> Callable[[int], float]:
     return factor
 
 
-def _expert_step_scaler(model: MTAModel, stage: StageConfig, data: StageData,
+def _expert_step_scaler(model: TrainableModel, stage: StageConfig, data: StageData,
                         trainable: dict[str, torch.nn.Parameter]) -> ExpertStepScaler | None:
     if stage.expert_lr == "same":
         return None
@@ -76,7 +62,7 @@ def _expert_step_scaler(model: MTAModel, stage: StageConfig, data: StageData,
     return ExpertStepScaler(experts, shares)
 
 
-def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir: Path, log: JsonlLog,
+def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stage_dir: Path, log: RunLog,
                 seed: int, evaluate: Callable[[], float] | None = None, ranks: Ranks = SINGLE) -> StageResult:
     """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`.
 
@@ -109,6 +95,8 @@ def train_stage(model: MTAModel, stage: StageConfig, data: StageData, stage_dir:
                              f"'{stage.label}' trains ({error}); it was written by another version of the model "
                              f"or stage: delete {stage_dir} to train the stage again") from None
         step, spent, tokens, best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
+        if ranks.is_main:
+            logger.info("%s: resumed from step %d of %d", stage.label, step, stage.steps)
     engine = wrap(model, ranks)
 
     def save(at_step: int) -> None:

@@ -1,0 +1,97 @@
+"""`alter train`: config -> data -> model -> stages -> evaluation -> report and saved model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from alter.card import write_model_card
+from alter.config import Config, ConfigError, ModelConfig
+from alter.data.prepare import load_split, load_tasks, load_training, stage_data, with_mixture
+from alter.data.task import Task
+from alter.distributed import pick_device, place, start
+from alter.evaluate.report import build_report, write_report
+from alter.evaluate.trivial import trivial_scores
+from alter.model import MTAModel
+from alter.trainable import TrainableModel
+from alter.training.loop import train_stage
+from alter.training.resume import resume_conflict
+from alter.training.run_log import TENSORBOARD_DIR, RunLog, TensorBoardEvents
+from alter.training.scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+
+def run_training(config: Config,
+                 build: Callable[[ModelConfig, list[Task]], TrainableModel] = MTAModel) -> dict[str, Any]:
+    """Train every configured stage (resuming where a previous run stopped) and report.
+
+    `build` makes the model from the model config and tasks (a baseline passes its own).
+    Under a launcher with several processes every rank runs this; the main one writes."""
+    device = pick_device(config.device)
+    ranks = start(config.distributed, device)
+    out = Path(config.output_dir)
+    conflict = ranks.from_main(resume_conflict(out, config) if ranks.is_main else None)
+    if conflict:
+        raise ConfigError(conflict)
+    if ranks.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    torch.manual_seed(config.seed)
+    tasks = load_tasks(config)
+    training = load_training(config, tasks)
+    train_sets, validation = training.train, training.validation
+    eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
+    model = place(build(config.model, tasks), device, ranks, config.distributed.strategy)
+    run_log = _run_log(config, out, ranks.is_main)
+    score = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log)
+    before = score("before", "the untrained model")["metrics"] if config.eval.before_training else None
+    data = {"train": stage_data(model, config, train_sets)}
+    stages, after_stage = [], {}
+    for index, stage in enumerate(config.stages):
+        if stage.train_on not in data:
+            data[stage.train_on] = stage_data(model, config, training.held_out, held_out=True)
+        stage_rows = data[stage.train_on] if stage.mixture is None else with_mixture(config, data[stage.train_on],
+                                                                                      stage.mixture)
+        result = train_stage(model, stage, stage_rows, out / "stages" / stage.label,
+                             run_log, seed=config.seed + index, evaluate=score.selection_macro, ranks=ranks)
+        stages.append(result)
+        if config.eval.after_each_stage and index < len(config.stages) - 1:
+            after_stage[stage.label] = score(f"after_{stage.label}", f"the model after {stage.label}",
+                                             stage=stage.label)
+    if ranks.is_main:
+        model.save(out / "model", {"stages": [vars(result) for result in stages]})
+    last = config.stages[-1].label
+    final = score("final", "the trained model", keep=False, stage=last)
+    report = build_report(model, final, before, stages, {name: len(v) for name, v in eval_sets.items()},
+                          after_stage, score.seconds, trivial_scores(tasks, train_sets, eval_sets),
+                          {task.name: task.skipped_rows for task in tasks if task.skipped_rows})
+    if ranks.is_main:
+        report = _finish(model, out, report, run_log, last)
+    return report
+
+
+def _run_log(config: Config, out: Path, is_main: bool) -> RunLog:
+    events = None
+    if config.logging.tensorboard and is_main:
+        events = TensorBoardEvents(out / TENSORBOARD_DIR, {stage.label: stage.steps for stage in config.stages})
+    return RunLog(out / "log.jsonl", enabled=is_main, events=events)
+
+
+def _finish(model, out: Path, report: dict[str, Any], run_log: RunLog, last_stage: str) -> dict[str, Any]:
+    """The main process's last words: warnings, report and plots, gates to TensorBoard, and a
+    Hub model card beside the saved weights (kept for `save_pretrained` as well)."""
+    for line in report["shortfalls"]:
+        log.warning("not learned: %s", line)
+    report = write_report(out, model, report)
+    run_log.gates(model.task_gate_weights(), [task.name for task in model.tasks], last_stage)
+    run_log.close()
+    if isinstance(model, MTAModel):
+        model.trained_in = out.resolve()
+        write_model_card(out / "model", model, out)
+    return report

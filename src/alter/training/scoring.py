@@ -1,0 +1,58 @@
+"""A run's evaluations: the model scored on the evaluation split and on the validation
+examples, each kept in eval_<name>.json so that a resumed run does not evaluate again."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from alter.config import EvalConfig
+from alter.data.task import Example, Task
+from alter.distributed import Ranks
+from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, macro_average
+from alter.evaluate.predictions import write_predictions
+from alter.training.run_log import RunLog
+
+log = logging.getLogger(__name__)
+
+
+class Scorer:
+    def __init__(self, model, tasks: list[Task], out: Path, eval_sets: dict[str, list[Example]],
+                 validation: dict[str, list[Example]], config: EvalConfig, ranks: Ranks, run_log: RunLog):
+        self.model, self.tasks, self.out, self.config, self.ranks = model, tasks, out, config, ranks
+        self.eval_sets, self.validation, self.run_log = eval_sets, validation, run_log
+        self.seconds: dict[str, float] = {}  # each evaluation's wall time
+
+    def __call__(self, name: str, what: str, keep: bool = True, stage: str | None = None) -> dict[str, Any]:
+        """{"metrics": on the evaluation split, "validation": on the held-out training examples
+        (or None)}; per-example predictions in predictions_<name>.json. With `keep`, kept in
+        eval_<name>.json (the main process decides: other machines of a run may not share
+        its disk). `stage`: the stage the model has just finished (None: before training)."""
+        path = self.out / f"eval_{name}.json"
+        ranks = self.ranks
+        kept = ranks.from_main(json.loads(path.read_text()) if keep and ranks.is_main and path.exists() else None)
+        if kept is not None:
+            kept = kept if "metrics" in kept else {"metrics": kept, "validation": None}  # older runs: metrics alone
+            self.seconds[name] = kept.get("seconds", 0.0)
+            return kept
+        if ranks.is_main:
+            log.info("evaluating %s on %s", what, {k: len(v) for k, v in self.eval_sets.items()})
+        result = evaluate_with_predictions(self.model, self.eval_sets, self.config, ranks, what=f"eval {name}")
+        held = evaluate_with_predictions(self.model, self.validation, self.config, ranks, what=f"validation {name}") \
+            if self.validation and name != "before" else None
+        scores = {"metrics": result.metrics, "validation": held.metrics if held else None,
+                  "seconds": round(result.seconds + (held.seconds if held else 0.0), 2)}
+        self.seconds[name] = scores["seconds"]
+        if ranks.is_main:
+            path.write_text(json.dumps(scores, indent=2))
+            write_predictions(self.out / f"predictions_{name}.json", result.records)
+            self.run_log.scores(name, result.metrics, stage)
+        return scores
+
+    def selection_macro(self) -> float:
+        """What `eval_every` keeps the best checkpoint by: the held-out training examples when
+        the config holds some out (`data.validation`), else the evaluation split."""
+        return macro_average(self.tasks, evaluate(self.model, self.validation or self.eval_sets, self.config,
+                                                  self.ranks))
