@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from alter.backbones import resolve_backbone
 from alter.mta import MTAConfig, inject_mta, routing
+from alter.mta.plan import ExpertPlan
 
 BATCH, LENGTH, TASKS = 8, 128, 4
 METHODS = ["mta_stage1", "mta_stage2", "peft_lora", "full"]
@@ -35,7 +36,7 @@ def load(location: str) -> torch.nn.Module:
 def mta_model(location: str, stage: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
     model = load(location)
     config = MTAConfig(num_experts=TASKS, rank=16, layers="all")
-    layers = inject_mta(model, config, TASKS, torch.arange(TASKS))
+    layers = inject_mta(model, config, ExpertPlan(torch.arange(TASKS), TASKS))
     if stage == "stage2":
         for layer in layers:
             layer.gate.start_collaboration("softmax", 0.8)

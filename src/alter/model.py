@@ -23,45 +23,17 @@ from alter.backbones import (
     with_pad_token,
 )
 from alter.card import write_model_card
-from alter.config import ModelConfig
+from alter.config import ModelConfig, StageConfig
 from alter.data.collate import Encoded
 from alter.data.registry import resolve_tasks
 from alter.data.task import Example, Task, TaskSpec, as_example
 from alter.heads import ClassifierHead, LMHead, Prediction
 from alter.mta import ExpertModule, MTAConfig, MTALayer, TaskGate, inject_mta
+from alter.mta.plan import ExpertPlan, plan_experts
 from alter.saved import BACKBONE_FOLDER, META_FILE, WEIGHTS_FILE, point_at_backbone_beside, read_meta
 from alter.shared_lora import add_shared_lora, shared_lora_parameters
 
 HEADS = {"lm": LMHead, "classifier": ClassifierHead}
-
-
-def task_group(task: Task) -> str:
-    """The groups of ALTER's released code: generation, sentence-pair and single-sentence tasks."""
-    if task.kind == "generation":
-        return "generation"
-    return "pair" if len(task.spec.inputs) > 1 else "single"
-
-
-def stage1_assignment(tasks: Sequence[Task], config: ModelConfig) -> tuple[torch.Tensor, int]:
-    """Each task's expert in stage 1, and the number of experts."""
-    rule = config.mta.assignment
-    names = [task.name for task in tasks]
-    if rule == "one_per_task":
-        experts = [i for i in range(len(tasks))]
-    elif rule == "by_kind":
-        groups = list(dict.fromkeys(task_group(task) for task in tasks))
-        experts = [groups.index(task_group(task)) for task in tasks]
-    else:
-        missing = [name for name in names if name not in rule]
-        if missing:
-            raise ValueError(f"model.mta.assignment: no expert for task(s) {', '.join(missing)}")
-        experts = [rule[name] for name in names]
-    count = config.mta.num_experts or max(experts) + 1
-    if max(experts) >= count:
-        raise ValueError(
-            f"model.mta.num_experts={count} is fewer than the experts that the assignment needs "
-            f"({max(experts) + 1}); raise num_experts or set model.mta.assignment=by_kind")
-    return torch.tensor(experts), count
 
 
 class MTAModel(nn.Module):
@@ -87,10 +59,10 @@ class MTAModel(nn.Module):
         self.backbone, self.tokenizer = backbone, with_pad_token(tokenizer)
         self.backbone.requires_grad_(False)
         self.mta_layers: list[MTALayer] = []
+        self.expert_plan: ExpertPlan | None = None
         if config.mta.enabled:
-            assignment, num_experts = stage1_assignment(self.tasks, config)
-            mta = config.mta.model_copy(update={"num_experts": num_experts})
-            self.mta_layers = inject_mta(self.backbone, mta, len(self.tasks), assignment)
+            self.expert_plan = plan_experts(self.tasks, config.mta)
+            self.mta_layers = inject_mta(self.backbone, config.mta, self.expert_plan)
         if config.lora is not None:
             add_shared_lora(self.backbone, config.lora)
         self.backbone_trained = False
@@ -187,6 +159,15 @@ class MTAModel(nn.Module):
         return run
 
     # --- gates --------------------------------------------------------------------------
+    def begin_stage(self, stage: StageConfig) -> None:
+        """Set the gates for a stage: stage 1 trains each task's own expert under the fixed
+        one-hot assignment; stage 2 and joint learn how tasks draw on every expert."""
+        if stage.kind == "stage1":
+            for layer in self.mta_layers:
+                layer.gate.fixed.fill_(True)
+        else:
+            self.start_collaboration(stage.collaboration, stage.own_expert_weight, tied=stage.gate_layers == "tied")
+
     def start_collaboration(self, how: str = "residual", own_weight: float = 0.8, tied: bool = False) -> None:
         """Gates leave the stage-1 assignment and learn (`TaskGate.start_collaboration`);
         `tied`: every MTA layer learns through the first layer's gate weights."""

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from alter.config import ModelConfig
+from alter.config import ModelConfig, StageConfig
 from alter.data.collate import Encoded
 from alter.data.task import Example, Task
 from alter.heads import Prediction
@@ -34,8 +34,8 @@ class TrainableModel(Protocol):
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         """Every parameter in one of: experts, gates, adapters, heads, backbone."""
 
-    def start_collaboration(self, how: str = "residual", own_weight: float = 0.8, tied: bool = False) -> None:
-        """Gates leave the stage-1 assignment (a system without gates does nothing)."""
+    def begin_stage(self, stage: StageConfig) -> None:
+        """Set the gates for the stage about to train (a system without gates does nothing)."""
 
     def task_gate_weights(self) -> torch.Tensor:
         """(layers, tasks, experts); empty without gates."""

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alter.backbones import load_tokenizer
-from alter.config import ModelConfig
+from alter.config import ModelConfig, StageConfig
 from alter.data.collate import IGNORE, Encoded, attention_mask, pad
 from alter.data.task import Example, Task, TaskSpec
 from alter.heads import Prediction
@@ -71,8 +71,8 @@ class BiLSTMModel(nn.Module):
     def param_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         return {"experts": {}, "gates": {}, "adapters": {}, "heads": {}, "backbone": dict(self.named_parameters())}
 
-    def start_collaboration(self, how: str = "residual", own_weight: float = 0.8, tied: bool = False) -> None:
-        """No gates to start."""
+    def begin_stage(self, stage: StageConfig) -> None:
+        """No gates to set."""
 
     def task_gate_weights(self) -> torch.Tensor:
         return torch.empty(0)

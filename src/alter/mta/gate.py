@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alter.mta.config import MTAConfig
+from alter.mta.plan import ExpertPlan
 
 
 class TaskGate(nn.Module):
@@ -25,9 +26,9 @@ class TaskGate(nn.Module):
     task takes from the shared expert against its own.
     """
 
-    def __init__(self, num_tasks: int, hidden_size: int, assignment: torch.Tensor, config: MTAConfig):
+    def __init__(self, hidden_size: int, plan: ExpertPlan, config: MTAConfig):
         super().__init__()
-        num_experts = config.num_experts or num_tasks
+        num_tasks, num_experts, assignment = plan.num_tasks, plan.routed, plan.assignment
         self.num_experts = num_experts
         self.temperature = config.temperature
         self.top_k = config.top_k
@@ -35,9 +36,9 @@ class TaskGate(nn.Module):
             nn.Parameter(torch.zeros(num_tasks, num_experts)) if "task" in config.gate else None
         )
         self.router = nn.Linear(hidden_size, num_experts, bias=False) if "input" in config.gate else None
-        self.shared_expert = config.shared_expert
+        self.shared_expert = plan.shared
         self.shared_logits = (
-            nn.Parameter(torch.zeros(num_tasks)) if config.shared_expert and "task" in config.gate else None
+            nn.Parameter(torch.zeros(num_tasks)) if plan.shared and "task" in config.gate else None
         )
         if self.router is not None:
             nn.init.zeros_(self.router.weight)  # starts as pure task gating

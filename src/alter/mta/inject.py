@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from alter.mta.config import MTAConfig
 from alter.mta.experts import BottleneckExperts, FFNCopyExperts, LoRAExpertLinear, linear_shape
 from alter.mta.layer import FFNCopies, MTALayer
+from alter.mta.plan import ExpertPlan
 
 
 class UnsupportedBackboneError(ValueError):
@@ -97,11 +97,11 @@ def ffn_map(model_type: str) -> FFNMap:
     return FAMILIES[model_type]
 
 
-def inject_mta(backbone: nn.Module, config: MTAConfig, num_tasks: int, assignment: torch.Tensor) -> list[MTALayer]:
+def inject_mta(backbone: nn.Module, config: MTAConfig, plan: ExpertPlan) -> list[MTALayer]:
     """Attach one MTA layer to each selected block; returns the layers in order."""
     family = ffn_map(backbone.config.model_type)
     hidden_size = backbone.config.hidden_size
-    num_experts = (config.num_experts or num_tasks) + int(config.shared_expert)
+    num_experts = plan.total
     if config.kind == "ffn_copy" and (config.shared_expert or not family.single_module):
         raise ValueError(
             "mta.kind=ffn_copy needs an FFN that is one module and no shared expert "
@@ -114,7 +114,7 @@ def inject_mta(backbone: nn.Module, config: MTAConfig, num_tasks: int, assignmen
             continue
         for block_index in _selected_layers(len(blocks), config.layers):
             block = blocks[block_index]
-            layer = MTALayer(len(layers), stack, block_index, hidden_size, num_tasks, assignment, config)
+            layer = MTALayer(len(layers), stack, block_index, hidden_size, plan, config)
             block.add_module("mta", layer)
             _attach(layer, block, family, hidden_size, num_experts, config)
             layers.append(layer)

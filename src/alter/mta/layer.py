@@ -10,6 +10,7 @@ from torch import nn
 from alter.mta.config import MTAConfig
 from alter.mta.experts import GateSlot
 from alter.mta.gate import TaskGate
+from alter.mta.plan import ExpertPlan
 from alter.mta.routing import current_routing
 
 
@@ -31,13 +32,12 @@ class MTALayer(nn.Module):
     FFN copies replace the FFN.
     """
 
-    def __init__(self, index: int, stack: str, block: int, hidden_size: int, num_tasks: int,
-                 assignment: torch.Tensor, config: MTAConfig):
+    def __init__(self, index: int, stack: str, block: int, hidden_size: int, plan: ExpertPlan, config: MTAConfig):
         super().__init__()
         self.index = index  # position among the model's MTA layers
         self.block = block  # index of the transformer block in its stack
         self.stack = stack  # "main" (decoder-only / encoder) or "decoder" (of an encoder-decoder)
-        self.gate = TaskGate(num_tasks, hidden_size, assignment, config)
+        self.gate = TaskGate(hidden_size, plan, config)
         self.slot = GateSlot()
         self.experts: nn.Module | None = None
         self._ffn_input: torch.Tensor | None = None

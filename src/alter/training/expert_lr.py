@@ -24,15 +24,11 @@ from torch import nn
 def routed_shares(model, task_names: Sequence[str], rates: Sequence[float]) -> torch.Tensor | None:
     """The share of a batch's rows that each expert serves in stage 1, (K,) or (K + 1,) with
     the shared expert last; None for a model without MTA experts."""
-    if not getattr(model, "mta_layers", None):
+    plan = getattr(model, "expert_plan", None)
+    if plan is None or not model.mta_layers:
         return None
-    gate = model.mta_layers[0].gate  # every layer has the same stage-1 assignment
-    shares = torch.zeros(gate.num_experts + int(gate.shared_expert))
-    for name, rate in zip(task_names, rates):
-        shares[int(gate.assignment[model.task_index[name]])] += rate
-    if gate.shared_expert:
-        shares[-1] = 1.0
-    return shares
+    by_task = dict(zip(task_names, rates))
+    return plan.row_shares([by_task.get(task.name, 0.0) for task in model.tasks])
 
 
 class ExpertStepScaler:

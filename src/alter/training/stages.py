@@ -25,11 +25,7 @@ def trainable_groups(stage: StageConfig) -> set[str]:
 
 def prepare_stage(model: TrainableModel, stage: StageConfig) -> dict[str, nn.Parameter]:
     """Set the gate mode and `requires_grad`; returns the trainable parameters by name."""
-    if stage.kind == "stage1":
-        for layer in model.mta_layers:
-            layer.gate.fixed.fill_(True)
-    else:
-        model.start_collaboration(stage.collaboration, stage.own_expert_weight, tied=stage.gate_layers == "tied")
+    model.begin_stage(stage)
     groups = model.param_groups()
     wanted = trainable_groups(stage)
     trainable: dict[str, nn.Parameter] = {}
