@@ -169,3 +169,10 @@ def test_training_on_held_out_examples_needs_some():
     with pytest.raises(ConfigError, match="stages.1.train_on: held_out needs held-out examples"):
         parse_config({"data": {"tasks": ["rte"]}, "stages": [{"kind": "stage1"},
                                                              {"kind": "stage2", "train_on": "held_out"}]})
+
+
+def test_an_unknown_metric_is_refused_when_the_task_is_declared(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) acc; known: accuracy"):
+        user_spec(tmp_path, "body,team\n", metrics=["acc"])
+    with pytest.raises(ValueError, match="main_metric mcc is not one of its metrics"):
+        user_spec(tmp_path, "body,team\n", metrics=["accuracy"], main_metric="mcc")

@@ -73,6 +73,15 @@ class TaskSpec(BaseModel):
         for field in self.inputs:
             if "{" + field + "}" not in self.template:
                 raise ValueError(f"task {self.name}: template does not use input field '{{{field}}}'")
+        from alter.evaluate.metrics import METRICS  # checked here, not after training
+
+        unknown = [name for name in [*self.metrics, *([self.main_metric] if self.main_metric else [])]
+                   if name not in METRICS]
+        if unknown:
+            raise ValueError(f"task {self.name}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        if self.main_metric and self.metrics and self.main_metric not in self.metrics:
+            raise ValueError(f"task {self.name}: main_metric {self.main_metric} is not one of its metrics "
+                             f"{self.metrics}")
         return self
 
 
