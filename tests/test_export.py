@@ -156,3 +156,21 @@ def test_what_cannot_be_a_peft_adapter_is_refused_with_what_to_use(registry, tmp
         export_task(routed, "sst2", tmp_path / "b", format="peft")
     with pytest.raises(ValueError, match="cannot merge"):
         export_task(bottleneck, "sst2", tmp_path / "c", format="transformers")
+
+
+def test_the_command_line_exports_a_peft_adapter_and_names_a_bad_format(registry, tmp_path):
+    from typer.testing import CliRunner
+
+    from alter.cli import app
+
+    model = collaborating_lora_model(registry, "tiny-llama")
+    model.save(tmp_path / "checkpoint")
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(tmp_path / "checkpoint"), str(tmp_path / "out"), "--task", "rte",
+                                 "--format", "peft"])
+    assert result.exit_code == 0, result.output
+    assert "PEFT LoRA adapter of rank 16" in " ".join(result.output.split())  # rich wraps lines
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    result = runner.invoke(app, ["export", str(tmp_path / "checkpoint"), str(tmp_path / "other"), "--task", "rte",
+                                 "--format", "onnx"])
+    assert result.exit_code == 2 and "choose one of auto, transformers, peft, alter" in " ".join(result.output.split())
