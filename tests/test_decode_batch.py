@@ -1,0 +1,100 @@
+"""Iteration-level decoding: rows that join a running batch, and leave it, write exactly what
+static `generate` writes for them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alter.model import MTAModel
+from alter.serve.decode_batch import DecodeBatch, Generating, decodes
+from tests.conftest import model_config, randomise_experts
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+def model(registry, request):
+    torch.manual_seed(0)
+    model = MTAModel(model_config(request.param, kind="lora", rank=4, shared_expert=True),
+                     [registry.get("dialogsum"), registry.get("sst2"), registry.get("rte")]).eval()
+    randomise_experts(model)
+    return model
+
+
+def prompts(model, samples) -> list:
+    """Generation rows of different lengths and tasks (task ids route the MTA gates)."""
+    examples = samples["dialogsum"][:3] + samples["sst2"][:2] + samples["rte"][:1]
+    rows = model.encode(examples, with_target=False)
+    rows[1].input_ids = rows[1].input_ids[:20]  # lengths differ a lot: padding differs
+    return rows
+
+
+def static(model, row, max_new_tokens: int) -> list[int]:
+    """What `generate` writes for the row alone, up to its end token."""
+    new = model.head.generate_ids(model.backbone, [row], model.tokenizer, max_new_tokens, 1)[0].tolist()
+    eos = model.tokenizer.eos_token_id
+    return new[: new.index(eos)] if eos in new else new
+
+
+def batch_of(model) -> DecodeBatch:
+    return DecodeBatch(model.backbone, model.mta_layers, model.tokenizer.pad_token_id, model.tokenizer.eos_token_id)
+
+
+def test_the_model_decodes_iteration_by_iteration(model):
+    assert decodes(model) and not decodes(model, num_beams=2)
+
+
+def test_rows_that_join_and_leave_write_what_generate_writes(model, samples):
+    rows = prompts(model, samples)
+    budgets = [6, 3, 9, 4, 7, 5]
+    done: dict[int, list[int]] = {}
+    entries = [Generating(row, budget, on_done=lambda entry, i=i: done.__setitem__(i, entry.tokens))
+               for i, (row, budget) in enumerate(zip(rows, budgets))]
+    batch = batch_of(model)
+    batch.join(entries[:2])
+    batch.step()
+    batch.join(entries[2:4])  # join while two rows run, one of them nearly done
+    for _ in range(2):
+        batch.step()
+    batch.join(entries[4:])
+    while len(batch):
+        batch.step()
+    assert sorted(done) == list(range(len(rows)))
+    for i, (row, budget) in enumerate(zip(rows, budgets)):
+        assert done[i] == static(model, row, budget), i
+
+
+def test_input_routed_gates_keep_what_each_row_saw_at_prefill(registry, samples):
+    model = MTAModel(model_config("tiny-llama", kind="lora", rank=4, gate="task+input"),
+                     [registry.get("dialogsum"), registry.get("sst2")]).eval()
+    randomise_experts(model)
+    model.start_collaboration("residual")
+    with torch.no_grad():
+        for layer in model.mta_layers:
+            layer.gate.router.weight.normal_(0, 0.5)
+    rows = model.encode(samples["dialogsum"][:2] + samples["sst2"][:2], with_target=False)
+    done: dict[int, list[int]] = {}
+    batch = batch_of(model)
+    batch.join([Generating(rows[0], 5, on_done=lambda entry: done.__setitem__(0, entry.tokens))])
+    batch.step()
+    batch.join([Generating(row, 5, on_done=lambda entry, i=i: done.__setitem__(i, entry.tokens))
+                for i, row in enumerate(rows[1:], start=1)])
+    while len(batch):
+        batch.step()
+    for i, row in enumerate(rows):
+        assert done[i] == static(model, row, 5), i
+
+
+def test_a_cancelled_row_leaves_at_the_next_step_without_an_answer(model, samples):
+    rows = prompts(model, samples)[:2]
+    done, seen = [], []
+    entries = [Generating(row, 8, on_token=lambda entry: seen.append(len(entry.tokens)),
+                          on_done=lambda entry: done.append(entry)) for row in rows]
+    batch = batch_of(model)
+    batch.join(entries)
+    entries[0].cancelled = True
+    batch.step()
+    assert len(batch) == 1 and batch.rows[0] is entries[1]
+    while len(batch):
+        batch.step()
+    assert done == [entries[1]] and len(entries[0].tokens) == 1 and len(entries[1].tokens) == 8
+    assert seen.count(8) == 1  # a streamed row hears of every token it writes
