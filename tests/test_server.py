@@ -87,8 +87,26 @@ def test_an_api_key_is_required_when_configured(predictor, monkeypatch):
         assert client.get("/health").status_code == 200  # probes need no key
 
 
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_both_schedulers_answer_mixed_requests_alike(predictor, scheduler):
+    body = {"requests": [{"task": "dialogsum", "inputs": {"dialogue": "#Person1#: Hi.\n#Person2#: Hello."}},
+                         {"task": "sst2", "inputs": {"sentence": "a fine film"}}]}
+    with TestClient(create_app(predictor, ServeConfig(scheduler=scheduler))) as client:
+        response = client.post("/v1/predict", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == json.loads(json.dumps(predictor.predict(body["requests"])))
+
+
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_a_full_queue_is_answered_503_with_retry_after_at_once(predictor, scheduler):
+    with TestClient(create_app(predictor, ServeConfig(scheduler=scheduler, max_queue=1))) as client:
+        response = client.post("/v1/predict", json={"requests": [{"task": "sst2", "inputs": {"sentence": "ok"}}] * 2})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "at most 1" in response.json()["error"]
+
+
 def test_without_batching_each_request_is_answered_alone(predictor):
-    with TestClient(create_app(predictor, ServeConfig(batching=False))) as client:
+    with TestClient(create_app(predictor, ServeConfig(scheduler="static", batching=False))) as client:
         response = client.post("/v1/predict", json={"requests": [{"task": "sst2", "inputs": {"sentence": "ok"}}]})
         assert response.status_code == 200 and response.json()["results"][0]["task"] == "sst2"
 

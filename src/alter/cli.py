@@ -216,7 +216,10 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="a saved model folde
 def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder")],
           host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
           port: int = 8000,
-          batching: Annotated[bool, typer.Option(help="predict items of concurrent requests together")] = True,
+          scheduler: Annotated[str, typer.Option(help="continuous (scoring between decoding steps, generations "
+                                                     "joining a running batch) or static")] = "continuous",
+          max_queue: Annotated[int, typer.Option(help="items waiting at most; beyond, 503 + Retry-After")] = 256,
+          batching: Annotated[bool, typer.Option(help="static: predict items of concurrent requests together")] = True,
           max_batch_size: int = 16, max_wait_ms: float = 10.0, max_items: int = 64,
           max_input_chars: int = 20_000, max_body_bytes: int = 1_000_000,
           num_beams: int = 1, max_new_tokens: int = 48) -> None:
@@ -227,7 +230,8 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
     from alter.serve.predictor import Predictor
     from alter.serve.server import ServeConfig, create_app
 
-    config = ServeConfig(batching=batching, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+    config = ServeConfig(scheduler=scheduler, max_queue=max_queue, batching=batching,
+                         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                          max_items=max_items, max_input_chars=max_input_chars, max_body_bytes=max_body_bytes)
     predictor = Predictor.load(checkpoint, batch_size=max_batch_size, max_new_tokens=max_new_tokens,
                                num_beams=num_beams)

@@ -1,9 +1,13 @@
 """`alter serve`: the Predictor over HTTP (FastAPI + uvicorn).
 
-Requests that arrive together are answered together: each HTTP request's items go into one
-queue, and a single worker takes up to `max_batch_size` items (waiting at most `max_wait_ms`
-for more) and predicts them as one mixed-task call. Items are validated before they are
-queued, so one client's bad input never fails another client's batch.
+Continuous scheduling (the default, `alter.serve.scheduler`): every iteration scores the
+waiting classification items and advances every running generation by one token; new
+generations join the running batch, finished ones are answered at once. Static
+(`--scheduler static`): each HTTP request's items go into one queue, and a single worker
+takes up to `max_batch_size` items (waiting at most `max_wait_ms` for more) and predicts
+them as one mixed-task call. Either way items are validated before they are queued, so one
+client's bad input never fails another client's batch, and a full queue (`max_queue`) is
+answered 503 with Retry-After at once instead of letting latency grow without bound.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import hmac
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,12 +26,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from alter.serve.predictor import Predictor, RequestError
+from alter.serve.scheduler import ContinuousScheduler, QueueFull
 
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batching: bool = True  # items of concurrent requests predicted together
+    # continuous: scoring between decoding steps, generations joining and leaving a running
+    # batch at every step (alter.serve.scheduler); static: one batch at a time (`Batcher`).
+    scheduler: Literal["continuous", "static"] = "continuous"
+    max_queue: int = Field(default=256, ge=1)  # items waiting; beyond it, 503 with Retry-After
+    batching: bool = True  # static: items of concurrent requests predicted together
     max_batch_size: int = Field(default=16, ge=1)  # items predicted together
     max_wait_ms: float = Field(default=10.0, ge=0)  # how long a batch waits to fill up (0: no batching)
     max_items: int = Field(default=64, ge=1)  # items per HTTP request
@@ -76,6 +85,8 @@ class Batcher:
                 await self.worker
 
     async def submit(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.queue.qsize() + len(items) > self.config.max_queue:
+            raise QueueFull(f"{self.queue.qsize()} items are waiting (at most {self.config.max_queue})")
         if not self.config.batching:  # this request's items together, never with another's
             async with self.lock:
                 return await asyncio.to_thread(self.predictor.predict, items)
@@ -109,13 +120,35 @@ class Batcher:
                     self.queue.task_done()
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+class ContinuousBatcher:
+    """`ContinuousScheduler`'s worker thread behind the same async `submit` as `Batcher`."""
+
+    def __init__(self, predictor: Predictor, config: ServeConfig):
+        self.scheduler = ContinuousScheduler(predictor, max_rows=config.max_batch_size, max_queue=config.max_queue)
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.scheduler.stop)
+
+    async def submit(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        futures = self.scheduler.submit(items)
+        try:
+            return list(await asyncio.gather(*(asyncio.wrap_future(future) for future in futures)))
+        except asyncio.CancelledError:  # the client went away: its rows leave the batch
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
-    batcher = Batcher(predictor, config)
+    batcher = ContinuousBatcher(predictor, config) if config.scheduler == "continuous" else Batcher(predictor, config)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -170,6 +203,9 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
             predictor.examples(items)  # validate before queueing
         except RequestError as error:
             return _error(422, str(error).replace("request ", "requests.", 1))
-        return {"results": await batcher.submit(items)}
+        try:
+            return {"results": await batcher.submit(items)}
+        except QueueFull as error:
+            return _error(503, f"busy: {error}; retry shortly", {"Retry-After": "1"})
 
     return app

@@ -1,0 +1,147 @@
+"""The continuous scheduler behind `alter serve --scheduler continuous`: one worker thread
+that, at every iteration, scores the classification and regression items waiting (one mixed
+batch), prefills the waiting generation items into the running batch, and advances every
+running generation by one token. A classification never waits for a summary to end; a
+finished summary is answered at once, not when its batch's longest one ends.
+
+Generation the running batch cannot do (beam search, an encoder-decoder or sliding-window
+backbone: `decode_batch.decodes`) is predicted statically between iterations.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from alter.serve.decode_batch import DecodeBatch, Generating, decodes
+from alter.serve.predictor import Predictor
+
+
+class QueueFull(RuntimeError):
+    """More items are waiting than `max_queue`; the caller should come back later."""
+
+
+@dataclass
+class _Item:
+    request: Mapping[str, Any]
+    future: Future = field(default_factory=Future)
+
+
+class ContinuousScheduler:
+    def __init__(self, predictor: Predictor, max_rows: int = 16, max_queue: int = 256, idle_wait_s: float = 0.05):
+        self.predictor, self.max_rows, self.max_queue, self.idle_wait_s = predictor, max_rows, max_queue, idle_wait_s
+        model = predictor.model
+        self.continuous = decodes(model, predictor.num_beams)
+        self.batch = DecodeBatch(model.backbone, model.mta_layers, model.tokenizer.pad_token_id,
+                                 model.tokenizer.eos_token_id) if self.continuous else None
+        self.waiting: queue.Queue[_Item] = queue.Queue()
+        self.running: dict[int, tuple[Generating, _Item]] = {}  # id(row) -> the row and its request
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the caller's side ----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="alter-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Answer everything already accepted, then stop."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def submit(self, requests: Sequence[Mapping[str, Any]]) -> list[Future]:
+        """One future per request (validated beforehand), answered as `Predictor.predict`
+        answers it; QueueFull when accepting them would pass `max_queue`."""
+        if self.waiting.qsize() + len(requests) > self.max_queue:
+            raise QueueFull(f"{self.waiting.qsize()} items are waiting (at most {self.max_queue})")
+        items = [_Item(request) for request in requests]
+        for item in items:
+            self.waiting.put(item)
+        return [item.future for item in items]
+
+    # --- the worker ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            busy = self.batch is not None and len(self.batch) > 0
+            new = self._take(block=not busy)
+            if self._stop.is_set() and not new and not busy and self.waiting.empty():
+                return
+            try:
+                self._iterate(new)
+            except Exception as error:  # noqa: BLE001 - handed to the waiting requests, not lost
+                self._fail_all(new, error)
+
+    def _take(self, block: bool) -> list[_Item]:
+        """What is waiting now (after up to `idle_wait_s` when nothing runs)."""
+        items = []
+        try:
+            if block:
+                items.append(self.waiting.get(timeout=self.idle_wait_s))
+            while True:
+                items.append(self.waiting.get_nowait())
+        except queue.Empty:
+            return items
+
+    def _iterate(self, new: list[_Item]) -> None:
+        model = self.predictor.model
+        scoring, generating = [], []
+        for item in new:
+            kind = model.tasks[model.task_id(item.request["task"])].kind
+            (generating if kind == "generation" else scoring).append(item)
+        if scoring or (generating and not self.continuous):
+            self._predict_statically(scoring + ([] if self.continuous else generating))
+        if self.continuous:
+            self._admit(generating)
+            for entry, item in self.running.values():
+                entry.cancelled = entry.cancelled or item.future.cancelled()  # its client is gone
+            self.batch.step()
+            in_batch = {id(entry) for entry in self.batch.rows}
+            self.running = {key: value for key, value in self.running.items() if key in in_batch}
+
+    def _predict_statically(self, items: list[_Item]) -> None:
+        results = self.predictor.predict([item.request for item in items])
+        for item, result in zip(items, results):
+            if not item.future.done():  # not cancelled by its client meanwhile
+                item.future.set_result(result)
+
+    def _admit(self, items: list[_Item]) -> None:
+        """Prefill new generation items into the running batch (as many as it has room for;
+        the rest wait for the next iteration)."""
+        room = max(0, self.max_rows - len(self.batch))
+        for item in items[room:]:
+            self.waiting.put(item)
+        items = items[:room]
+        if not items:
+            return
+        examples = self.predictor.examples([item.request for item in items])
+        rows = self.predictor.model.encode(examples, with_target=False)
+        entries = [Generating(row, self.predictor.max_new_tokens, on_done=self._answer(item))
+                   for row, item in zip(rows, items)]
+        self.running.update({id(entry): (entry, item) for entry, item in zip(entries, items)})
+        self.batch.join(entries)
+
+    def _answer(self, item: _Item):
+        tokenizer, tasks = self.predictor.model.tokenizer, self.predictor.model.tasks
+
+        def done(entry: Generating) -> None:
+            text = tokenizer.decode(entry.tokens, skip_special_tokens=True).strip()
+            if not item.future.done():
+                item.future.set_result({"task": tasks[entry.row.task_id].name, "prediction": text, "scores": {},
+                                        "truncated": entry.row.truncated})
+        return done
+
+    def _fail_all(self, new: list[_Item], error: Exception) -> None:
+        """A failed iteration fails the items it held and every running row (their batch is
+        gone); the scheduler carries on with the next requests."""
+        for item in [*new, *(item for _, item in self.running.values())]:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self.running = {}
+        if self.batch is not None:
+            self.batch = DecodeBatch(self.batch.backbone, self.predictor.model.mta_layers, self.batch.pad_id,
+                                     self.batch.eos_id)
