@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -70,10 +72,42 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(client, body, status, mes
     assert message in response.json()["error"]
 
 
+@pytest.fixture(scope="module")
+def live_server(predictor):
+    """The app under uvicorn on a free port (TestClient reads a whole body before the app runs)."""
+    import threading
+
+    import uvicorn
+
+    app = create_app(predictor, ServeConfig(max_body_bytes=4096))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield server.servers[0].sockets[0].getsockname()[1]
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_a_chunked_body_over_the_limit_gets_413_without_being_read_whole(live_server):
+    with socket.create_connection(("127.0.0.1", live_server), timeout=30) as connection:
+        connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")  # no Content-Length
+        chunk = b"x" * 1000
+        for _ in range(6):  # 6,000 bytes of a body that would go on for a megabyte
+            connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        answer = connection.recv(4096).decode()  # answered before the rest is sent
+        while not answer.rstrip().endswith("}"):  # the JSON body may come in a packet of its own
+            answer += connection.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413") and "over 4096 bytes" in answer
+
+
 def test_malformed_json_and_wrong_methods_are_4xx(client):
     assert client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"}
                        ).status_code == 422
-    assert client.get("/v1/predict").status_code == 405
+    wrong_method = client.get("/v1/predict")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"  # RFC 9110
     assert client.get("/v1/nothing").status_code == 404
 
 

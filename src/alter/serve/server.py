@@ -142,6 +142,31 @@ class ContinuousBatcher:
             raise
 
 
+class BodyLimit:
+    """ASGI middleware: stop reading a request body at `limit` bytes, however it is framed
+    (a Content-Length that says more is refused before reading; a chunked body is counted as
+    it arrives), and answer 413."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # FastAPI turns this into the 413 response
+                    raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -157,6 +182,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
         await batcher.stop()
 
     app = FastAPI(title="alter", summary="One multi-task model, every task, batched together.", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     api_key = os.environ.get(config.api_key_env)
 
     @app.middleware("http")
@@ -180,7 +206,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail))
+        return _error(error.status_code, str(error.detail), error.headers)  # e.g. a 405's Allow
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
