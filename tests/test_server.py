@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -72,22 +75,26 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(client, body, status, mes
     assert message in response.json()["error"]
 
 
-@pytest.fixture(scope="module")
-def live_server(predictor):
-    """The app under uvicorn on a free port (TestClient reads a whole body before the app runs)."""
-    import threading
-
-    import uvicorn
-
-    app = create_app(predictor, ServeConfig(max_body_bytes=4096))
+@contextlib.contextmanager
+def serving(app):
+    """`app` under uvicorn on a free port (TestClient reads a whole body before the app runs,
+    and cannot hang up mid-stream); yields the port."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    yield server.servers[0].sockets[0].getsockname()[1]
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def live_server(predictor):
+    with serving(create_app(predictor, ServeConfig(max_body_bytes=4096))) as port:
+        yield port
 
 
 def test_a_chunked_body_over_the_limit_gets_413_without_being_read_whole(live_server):
@@ -101,6 +108,49 @@ def test_a_chunked_body_over_the_limit_gets_413_without_being_read_whole(live_se
         while not answer.rstrip().endswith("}"):  # the JSON body may come in a packet of its own
             answer += connection.recv(4096).decode()
     assert answer.startswith("HTTP/1.1 413") and "over 4096 bytes" in answer
+
+
+DIALOGUE = {"task": "dialogsum", "inputs": {"dialogue": "#Person1#: Where is the station?\n#Person2#: Left."}}
+
+
+def events_of(text: str) -> list[dict]:
+    return [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_a_streamed_answer_is_pieces_then_the_whole_result(predictor, scheduler):
+    with TestClient(create_app(predictor, ServeConfig(scheduler=scheduler))) as client:
+        response = client.post("/v1/predict", json={"requests": [{**DIALOGUE, "stream": True}]})
+        plain = client.post("/v1/predict", json={"requests": [DIALOGUE]}).json()["results"][0]
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = events_of(response.text)
+    pieces, last = [e["piece"] for e in events[:-1]], events[-1]
+    assert last == {"result": plain} and "".join(pieces).strip() == plain["prediction"]
+    assert all("piece" in e for e in events[:-1]) and (len(pieces) > 1 or scheduler == "static")
+
+
+def test_only_one_generation_item_streams(client):
+    for body in ({"requests": [{**DIALOGUE, "stream": True}, DIALOGUE]},
+                 {"requests": [{"task": "sst2", "inputs": {"sentence": "ok"}, "stream": True}]}):
+        response = client.post("/v1/predict", json=body)
+        assert response.status_code == 422 and "one item, of a generation task" in response.json()["error"]
+
+
+def test_a_client_that_hangs_up_mid_stream_frees_its_row(predictor):
+    slow = Predictor(predictor.model, batch_size=8, max_new_tokens=2000)
+    app = create_app(slow)
+    with serving(app) as port, socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        body = json.dumps({"requests": [{**DIALOGUE, "stream": True}]}).encode()
+        connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert b'data: {"piece"' in connection.recv(4096) + connection.recv(4096)
+        scheduler = app.state.batcher.scheduler
+        assert len(scheduler.running) == 1
+        connection.close()
+        deadline = time.monotonic() + 30
+        while scheduler.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not scheduler.running and len(scheduler.batch) == 0
 
 
 def test_malformed_json_and_wrong_methods_are_4xx(client):

@@ -35,6 +35,7 @@ class Generating:
     on_done: Callable[[Generating], None] | None = None
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False  # set from outside (a client left): the row leaves at the next step
+    streamed: str = ""  # the text sent so far, for a streamed row
 
 
 def decodes(model, num_beams: int = 1) -> bool:

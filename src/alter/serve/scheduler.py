@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +25,14 @@ class QueueFull(RuntimeError):
     """More items are waiting than `max_queue`; the caller should come back later."""
 
 
+Pieces = Callable[[str], None]  # called from the worker thread with each new piece of text
+
+
 @dataclass
 class _Item:
     request: Mapping[str, Any]
     future: Future = field(default_factory=Future)
+    on_piece: Pieces | None = None  # a streamed generation
 
 
 class ContinuousScheduler:
@@ -54,12 +58,13 @@ class ContinuousScheduler:
         if self._thread:
             self._thread.join()
 
-    def submit(self, requests: Sequence[Mapping[str, Any]]) -> list[Future]:
+    def submit(self, requests: Sequence[Mapping[str, Any]], on_piece: Pieces | None = None) -> list[Future]:
         """One future per request (validated beforehand), answered as `Predictor.predict`
-        answers it; QueueFull when accepting them would pass `max_queue`."""
+        answers it; QueueFull when accepting them would pass `max_queue`. `on_piece`: hears
+        each new piece of a generation's text as it is written (pieces join into the text)."""
         if self.waiting.qsize() + len(requests) > self.max_queue:
             raise QueueFull(f"{self.waiting.qsize()} items are waiting (at most {self.max_queue})")
-        items = [_Item(request) for request in requests]
+        items = [_Item(request, on_piece=on_piece) for request in requests]
         for item in items:
             self.waiting.put(item)
         return [item.future for item in items]
@@ -107,6 +112,8 @@ class ContinuousScheduler:
         results = self.predictor.predict([item.request for item in items])
         for item, result in zip(items, results):
             if not item.future.done():  # not cancelled by its client meanwhile
+                if item.on_piece and isinstance(result["prediction"], str):
+                    item.on_piece(result["prediction"])  # written at once: one piece
                 item.future.set_result(result)
 
     def _admit(self, items: list[_Item]) -> None:
@@ -120,7 +127,8 @@ class ContinuousScheduler:
             return
         examples = self.predictor.examples([item.request for item in items])
         rows = self.predictor.model.encode(examples, with_target=False)
-        entries = [Generating(row, self.predictor.max_new_tokens, on_done=self._answer(item))
+        entries = [Generating(row, self.predictor.max_new_tokens, on_done=self._answer(item),
+                              on_token=self._streamer(item.on_piece) if item.on_piece else None)
                    for row, item in zip(rows, items)]
         self.running.update({id(entry): (entry, item) for entry, item in zip(entries, items)})
         self.batch.join(entries)
@@ -129,11 +137,27 @@ class ContinuousScheduler:
         tokenizer, tasks = self.predictor.model.tokenizer, self.predictor.model.tasks
 
         def done(entry: Generating) -> None:
-            text = tokenizer.decode(entry.tokens, skip_special_tokens=True).strip()
+            text = tokenizer.decode(entry.tokens, skip_special_tokens=True)
+            if item.on_piece and len(text) > len(entry.streamed):  # what the pieces have not said yet
+                item.on_piece(text[len(entry.streamed):])
             if not item.future.done():
-                item.future.set_result({"task": tasks[entry.row.task_id].name, "prediction": text, "scores": {},
-                                        "truncated": entry.row.truncated})
+                item.future.set_result({"task": tasks[entry.row.task_id].name, "prediction": text.strip(),
+                                        "scores": {}, "truncated": entry.row.truncated})
         return done
+
+    def _streamer(self, on_piece: Pieces):
+        """on_token: the text's new piece since the last one; a piece that ends inside a
+        character (bytes of it still to come) waits for the next token."""
+        tokenizer = self.predictor.model.tokenizer
+
+        def token(entry: Generating) -> None:
+            text = tokenizer.decode(entry.tokens, skip_special_tokens=True)
+            sent = entry.streamed
+            if text.endswith("\ufffd") or len(text) <= len(sent):
+                return
+            entry.streamed = text
+            on_piece(text[len(sent):])
+        return token
 
     def _fail_all(self, new: list[_Item], error: Exception) -> None:
         """A failed iteration fails the items it held and every running row (their batch is

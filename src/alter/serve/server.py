@@ -21,12 +21,13 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from alter.serve.predictor import Predictor, RequestError
 from alter.serve.scheduler import ContinuousScheduler, QueueFull
+from alter.serve.streaming import stream_events
 
 
 class ServeConfig(BaseModel):
@@ -50,6 +51,7 @@ class Item(BaseModel):
 
     task: str
     inputs: dict[str, str]
+    stream: bool = False  # a generation, alone in its request, answered as server-sent events
 
 
 class PredictBody(BaseModel):
@@ -132,6 +134,11 @@ class ContinuousBatcher:
     async def stop(self) -> None:
         await asyncio.to_thread(self.scheduler.stop)
 
+    def start_stream(self, item: dict[str, Any], on_piece) -> Any:
+        """The future of one streamed generation item; `on_piece` hears its text as written."""
+        (future,) = self.scheduler.submit([item], on_piece=on_piece)
+        return future
+
     async def submit(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         futures = self.scheduler.submit(items)
         try:
@@ -167,6 +174,12 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+async def _prepend(first: str, rest):
+    yield first
+    async for item in rest:
+        yield item
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -182,6 +195,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
         await batcher.stop()
 
     app = FastAPI(title="alter", summary="One multi-task model, every task, batched together.", lifespan=lifespan)
+    app.state.batcher = batcher  # for tests and metrics: what is queued and running
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     api_key = os.environ.get(config.api_key_env)
 
@@ -229,7 +243,15 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
             predictor.examples(items)  # validate before queueing
         except RequestError as error:
             return _error(422, str(error).replace("request ", "requests.", 1))
+        streamed = [item.pop("stream") for item in items]
         try:
+            if any(streamed):
+                kinds = {predictor.model.tasks[predictor.model.task_id(item["task"])].kind for item in items}
+                if len(items) != 1 or kinds != {"generation"}:
+                    return _error(422, "requests.0.stream: a streamed request holds one item, of a generation task")
+                events = stream_events(batcher, items[0])
+                first = await anext(events)  # a full queue is still a 503, before the stream starts
+                return StreamingResponse(_prepend(first, events), media_type="text/event-stream")
             return {"results": await batcher.submit(items)}
         except QueueFull as error:
             return _error(503, f"busy: {error}; retry shortly", {"Retry-After": "1"})
