@@ -220,3 +220,31 @@ def test_no_body_a_client_sends_gets_a_5xx(client, body):
 def test_no_raw_bytes_get_a_5xx(client, raw):
     response = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
     assert response.status_code < 500, (raw, response.text)
+
+
+@pytest.mark.parametrize("scheduler", ["continuous", "static"])
+def test_a_request_may_ask_for_fewer_new_tokens_never_more(predictor, scheduler):
+    long = Predictor(predictor.model, batch_size=8, max_new_tokens=10)
+    with TestClient(create_app(long, ServeConfig(scheduler=scheduler))) as client:
+        def words(budget):
+            body = {"requests": [{**DIALOGUE, **({"max_new_tokens": budget} if budget else {})}]}
+            response = client.post("/v1/predict", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()["results"][0]["prediction"]
+        short, default, capped = words(2), words(None), words(1000)
+    tokenizer = predictor.model.tokenizer
+    assert len(tokenizer(short, add_special_tokens=False)["input_ids"]) <= 3 and capped == default
+    assert default.startswith(short[:3])
+
+
+def test_a_request_not_answered_in_time_gets_504_and_frees_its_rows(predictor):
+    slow = Predictor(predictor.model, batch_size=8, max_new_tokens=2000)
+    app = create_app(slow, ServeConfig(request_timeout_s=0.5))
+    with TestClient(app) as client:
+        response = client.post("/v1/predict", json={"requests": [DIALOGUE]})
+        assert response.status_code == 504 and "within 0.5 s" in response.json()["error"]
+        scheduler = app.state.batcher.scheduler
+        deadline = time.monotonic() + 30
+        while scheduler.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not scheduler.running

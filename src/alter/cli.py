@@ -222,7 +222,10 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
           batching: Annotated[bool, typer.Option(help="static: predict items of concurrent requests together")] = True,
           max_batch_size: int = 16, max_wait_ms: float = 10.0, max_items: int = 64,
           max_input_chars: int = 20_000, max_body_bytes: int = 1_000_000,
-          num_beams: int = 1, max_new_tokens: int = 48) -> None:
+          request_timeout: Annotated[float, typer.Option(help="seconds; unanswered by then: 504")] = 300.0,
+          num_beams: int = 1,
+          max_new_tokens: Annotated[int, typer.Option(help="a generation's budget; requests may ask for less")] = 48,
+          ) -> None:
     """Serve a model over HTTP: POST /v1/predict, GET /v1/tasks, GET /health, docs at /docs.
     Set ALTER_API_KEY to require 'Authorization: Bearer <key>'."""
     import uvicorn
@@ -232,7 +235,8 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
 
     config = ServeConfig(scheduler=scheduler, max_queue=max_queue, batching=batching,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                         max_items=max_items, max_input_chars=max_input_chars, max_body_bytes=max_body_bytes)
+                         max_items=max_items, max_input_chars=max_input_chars, max_body_bytes=max_body_bytes,
+                         request_timeout_s=request_timeout)
     predictor = Predictor.load(checkpoint, batch_size=max_batch_size, max_new_tokens=max_new_tokens,
                                num_beams=num_beams)
     # On Ctrl-C / SIGTERM uvicorn stops accepting and lets in-flight requests finish.

@@ -62,6 +62,18 @@ class Predictor:
         text), `scores` (per label or score bin; empty for text) and `truncated` (the input
         was cut to the model's `max_source_length`, as in training)."""
         rows = self.model.encode(self.examples(requests), with_target=False)
-        predictions = self.model.predict_encoded(rows, self.batch_size, self.max_new_tokens, self.num_beams)
+        budgets = [self.budget(request) for request in requests]
+        predictions: list = [None] * len(rows)
+        for budget in sorted(set(budgets)):  # one call per generation budget asked for
+            indices = [i for i, wanted in enumerate(budgets) if wanted == budget]
+            for i, prediction in zip(indices, self.model.predict_encoded([rows[i] for i in indices], self.batch_size,
+                                                                          budget, self.num_beams)):
+                predictions[i] = prediction
         return [{"task": self.model.tasks[row.task_id].name, "prediction": value, "scores": scores,
                  "truncated": row.truncated} for row, (value, scores) in zip(rows, predictions)]
+
+    def budget(self, request: Mapping[str, Any]) -> int:
+        """The new tokens a generation request may write: its own `max_new_tokens`, at most the
+        server's (the default)."""
+        asked = request.get("max_new_tokens")
+        return self.max_new_tokens if asked is None else min(int(asked), self.max_new_tokens)

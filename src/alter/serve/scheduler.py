@@ -127,7 +127,7 @@ class ContinuousScheduler:
             return
         examples = self.predictor.examples([item.request for item in items])
         rows = self.predictor.model.encode(examples, with_target=False)
-        entries = [Generating(row, self.predictor.max_new_tokens, on_done=self._answer(item),
+        entries = [Generating(row, self.predictor.budget(item.request), on_done=self._answer(item),
                               on_token=self._streamer(item.on_piece) if item.on_piece else None)
                    for row, item in zip(rows, items)]
         self.running.update({id(entry): (entry, item) for entry, item in zip(entries, items)})

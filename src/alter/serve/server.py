@@ -43,6 +43,7 @@ class ServeConfig(BaseModel):
     max_items: int = Field(default=64, ge=1)  # items per HTTP request
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_input_chars: int = Field(default=20_000, ge=1)  # per input field
+    request_timeout_s: float = Field(default=300.0, gt=0)  # a request still unanswered then gets 504
     api_key_env: str = "ALTER_API_KEY"  # when this variable is set, requests need its bearer token
 
 
@@ -52,6 +53,7 @@ class Item(BaseModel):
     task: str
     inputs: dict[str, str]
     stream: bool = False  # a generation, alone in its request, answered as server-sent events
+    max_new_tokens: int | None = Field(default=None, ge=1)  # a generation's budget, at most the server's
 
 
 class PredictBody(BaseModel):
@@ -112,7 +114,8 @@ class Batcher:
             try:
                 results = await asyncio.to_thread(self.predictor.predict, [entry.item for entry in batch])
                 for entry, result in zip(batch, results):
-                    entry.done.set_result(result)
+                    if not entry.done.done():  # not cancelled (its request timed out or its client left)
+                        entry.done.set_result(result)
             except Exception as error:  # noqa: BLE001 - handed to the waiting requests, not lost
                 for entry in batch:
                     if not entry.done.done():
@@ -252,7 +255,9 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
                 events = stream_events(batcher, items[0])
                 first = await anext(events)  # a full queue is still a 503, before the stream starts
                 return StreamingResponse(_prepend(first, events), media_type="text/event-stream")
-            return {"results": await batcher.submit(items)}
+            return {"results": await asyncio.wait_for(batcher.submit(items), config.request_timeout_s)}
+        except asyncio.TimeoutError:  # its rows were cancelled with it: they leave the batch
+            return _error(504, f"not answered within {config.request_timeout_s:g} s; retry, or ask for less")
         except QueueFull as error:
             return _error(503, f"busy: {error}; retry shortly", {"Retry-After": "1"})
 
