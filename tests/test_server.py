@@ -248,3 +248,19 @@ def test_a_request_not_answered_in_time_gets_504_and_frees_its_rows(predictor):
         while scheduler.running and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not scheduler.running
+
+
+def test_metrics_count_requests_by_task_and_status_in_the_prometheus_format(predictor):
+    with TestClient(create_app(predictor)) as client:
+        client.post("/v1/predict", json={"requests": [DIALOGUE, {"task": "sst2", "inputs": {"sentence": "ok"}}]})
+        client.post("/v1/predict", json={"requests": [{"task": "nope", "inputs": {"sentence": "x"}}]})
+        response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for line in ('alter_requests_total{status="200",task="dialogsum"} 1.0',
+                 'alter_requests_total{status="200",task="sst2"} 1.0',
+                 'alter_requests_total{status="422",task="nope"} 1.0',
+                 'alter_request_seconds_count{task="sst2"} 1.0', "alter_queue_depth 0.0", "alter_running_rows 0.0"):
+        assert line in text, line
+    generated = next(line for line in text.splitlines() if line.startswith("alter_generated_tokens_total"))
+    assert float(generated.split()[-1]) >= 1

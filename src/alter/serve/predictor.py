@@ -24,6 +24,7 @@ class Predictor:
     def __init__(self, model: MTAModel, batch_size: int = 16, max_new_tokens: int = 48, num_beams: int = 1):
         self.model = model.eval()
         self.batch_size, self.max_new_tokens, self.num_beams = batch_size, max_new_tokens, num_beams
+        self.tokens_generated = 0  # tokens written by generations (GET /metrics)
 
     @classmethod
     def load(cls, checkpoint: str | Path, **options: Any) -> Predictor:
@@ -69,6 +70,10 @@ class Predictor:
             for i, prediction in zip(indices, self.model.predict_encoded([rows[i] for i in indices], self.batch_size,
                                                                           budget, self.num_beams)):
                 predictions[i] = prediction
+        tokenizer = self.model.tokenizer
+        self.tokens_generated += sum(len(tokenizer(value, add_special_tokens=False)["input_ids"])
+                                     for row, (value, _) in zip(rows, predictions)
+                                     if self.model.tasks[row.task_id].kind == "generation")  # the text's tokens
         return [{"task": self.model.tasks[row.task_id].name, "prediction": value, "scores": scores,
                  "truncated": row.truncated} for row, (value, scores) in zip(rows, predictions)]
 

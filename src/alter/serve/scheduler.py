@@ -137,6 +137,7 @@ class ContinuousScheduler:
         tokenizer, tasks = self.predictor.model.tokenizer, self.predictor.model.tasks
 
         def done(entry: Generating) -> None:
+            self.predictor.tokens_generated += len(entry.tokens)
             text = tokenizer.decode(entry.tokens, skip_special_tokens=True)
             if item.on_piece and len(text) > len(entry.streamed):  # what the pieces have not said yet
                 item.on_piece(text[len(entry.streamed):])
