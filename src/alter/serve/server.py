@@ -19,10 +19,12 @@ import time
 from typing import Any, Literal
 
 from fastapi import FastAPI
-from fastapi.responses import Response, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from alter.serve.batchers import Batcher, ContinuousBatcher
+from alter.serve.contract import predict_openapi
 from alter.serve.guards import error_response, install_guards
 from alter.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from alter.serve.metrics import ServerMetrics
@@ -133,11 +135,11 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     async def tasks() -> dict[str, Any]:
         return {"tasks": predictor.tasks()}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
-        return Response(metrics.text(), media_type=METRICS_CONTENT_TYPE)
+        return PlainTextResponse(metrics.text(), media_type=METRICS_CONTENT_TYPE)
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", response_model=None)
     async def predict(body: PredictBody) -> Any:
         started = time.perf_counter()
         response = await answer(body)
@@ -145,4 +147,19 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
         metrics.observe([item.task for item in body.requests], status, time.perf_counter() - started)
         return response
 
+    _publish_contract(app, predictor, config)
     return app
+
+
+def _publish_contract(app: FastAPI, predictor: Predictor, config: ServeConfig) -> None:
+    """/openapi.json with the predict operation's exact contract (`alter.serve.contract`)."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schema["paths"]["/v1/predict"]["post"].update(
+                predict_openapi(predictor.model.tasks, config.max_items, config.max_input_chars))
+            for unused in ("PredictBody", "Item", "HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+    app.openapi = openapi

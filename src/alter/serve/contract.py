@@ -1,0 +1,84 @@
+"""The API contract of POST /v1/predict as OpenAPI says it: exactly what the server accepts
+(the model's task names, each task's input fields as non-empty strings within the size
+limit, `stream` only on a generation item alone in its request, `max_new_tokens` within the
+server's budget) and every status it answers, so that clients and schema-driven tools
+(schemathesis) can trust it. The server's own checks enforce the same rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+RESULT = {
+    "type": "object", "required": ["task", "prediction", "scores", "truncated"],
+    "properties": {
+        "task": {"type": "string"},
+        "prediction": {"anyOf": [{"type": "string"}, {"type": "number"}]},  # a label or text, or a score
+        "scores": {"type": "object", "additionalProperties": {"type": "number"}},
+        "truncated": {"type": "boolean"},
+    },
+}
+EVENT_DATA = {"oneOf": [  # what each server-sent event carries: a new piece of text, then the whole result
+    {"type": "object", "required": ["piece"], "properties": {"piece": {"type": "string"}},
+     "additionalProperties": False},
+    {"type": "object", "required": ["result"], "properties": {"result": RESULT}, "additionalProperties": False},
+]}
+EVENT = {"type": "object", "required": ["data"],  # one server-sent event, as OpenAPI 3.2 describes them
+         "properties": {"data": {"type": "string", "contentMediaType": "application/json",
+                                 "contentSchema": EVENT_DATA}}}
+STATUSES = {
+    400: "the body is not UTF-8 or not JSON the server can read",
+    401: "missing or wrong API key (when the server has one)",
+    413: "the body, an input field or the number of items is over the server's limit",
+    422: "a request the model cannot answer: unknown task, missing or empty input field, bad stream",
+    503: "the queue is full; retry after the Retry-After header's seconds",
+    504: "not answered within the server's request timeout",
+}
+
+
+def _item(task, max_input_chars: int, streamed: bool) -> dict[str, Any]:
+    text = {"type": "string", "minLength": 1, "maxLength": max_input_chars, "pattern": r"\S"}
+    properties: dict[str, Any] = {
+        "task": {"type": "string", "enum": [task.name]},
+        "inputs": {"type": "object", "required": list(task.spec.inputs),
+                   "properties": {field: text for field in task.spec.inputs},
+                   "additionalProperties": {"type": "string"}},  # fields the task does not use are ignored
+        "stream": {"type": "boolean", "enum": [True] if streamed else [False]},
+        "max_new_tokens": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
+                           "description": "a generation's budget; more than the server's is cut to it"},
+    }
+    required = ["task", "inputs", *(["stream"] if streamed else [])]
+    return {"type": "object", "title": f"{task.name} item", "required": required, "properties": properties,
+            "additionalProperties": False}
+
+
+def predict_openapi(tasks, max_items: int, max_input_chars: int) -> dict[str, Any]:
+    """The operation's request body and responses, in place of what FastAPI derives from the
+    (looser) validation models."""
+    items = [_item(task, max_input_chars, streamed=False) for task in tasks]
+    streamed = [_item(task, max_input_chars, streamed=True)
+                for task in tasks if task.kind == "generation"]
+    bodies = [{"type": "object", "title": "items answered together", "required": ["requests"],
+               "additionalProperties": False,
+               "properties": {"requests": {"type": "array", "minItems": 1, "maxItems": max_items,
+                                           "items": {"oneOf": items}}}}]
+    if streamed:
+        bodies.append({"type": "object", "title": "one streamed generation", "required": ["requests"],
+                       "additionalProperties": False,
+                       "properties": {"requests": {"type": "array", "minItems": 1, "maxItems": 1,
+                                                   "items": {"oneOf": streamed}}}})
+    responses: dict[str, Any] = {
+        "200": {"description": "one result per item, in order; a streamed item: server-sent events",
+                "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["results"],
+                    "properties": {"results": {"type": "array", "items": RESULT}}}},
+                    "text/event-stream": {"schema": EVENT}}},
+    }
+    for status, meaning in STATUSES.items():
+        entry: dict[str, Any] = {"description": meaning, "content": {"application/json": {"schema": ERROR}}}
+        if status == 503:
+            entry["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+        responses[str(status)] = entry
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": bodies}}}},
+            "responses": responses}
