@@ -31,11 +31,14 @@ def write_model_card(directory: Path, model, run: Path | None = None) -> Path:
     if run is not None and (run / GATES_IMAGE).exists():
         shutil.copyfile(run / GATES_IMAGE, directory / GATES_IMAGE)
     scores = (report or {}).get("metrics", {})
+    # A run's model folder is `model/`: the run's own name says more.
+    name = run.resolve().name if run is not None and directory.resolve().parent == run.resolve() \
+        else directory.resolve().name
     data = ModelCardData(
-        library_name="alter", base_model=hub_id(model.config.backbone), model_name=directory.resolve().name,
+        library_name="alter", base_model=hub_id(model.config.backbone), model_name=name,
         tags=["alter", "mixture-of-task-adapters", "multi-task", *(task.name for task in model.tasks)],
         eval_results=[_eval_result(task, scores[task.name]) for task in model.tasks if task.name in scores] or None)
-    lines = ["---", data.to_yaml(), "---", "", f"# {directory.resolve().name}", "",
+    lines = ["---", data.to_yaml(), "---", "", f"# {name}", "",
              _summary(model), "", "## Tasks", "", *_task_table(model.tasks, scores), ""]
     if (directory / GATES_IMAGE).exists():
         lines += ["## Gates", "", "How much each task (row) draws on each expert (column), per MTA layer:", "",
