@@ -264,3 +264,31 @@ def test_metrics_count_requests_by_task_and_status_in_the_prometheus_format(pred
         assert line in text, line
     generated = next(line for line in text.splitlines() if line.startswith("alter_generated_tokens_total"))
     assert float(generated.split()[-1]) >= 1
+
+
+def test_sigterm_drains_and_the_server_exits_0(predictor, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    predictor.model.save(tmp_path / "model")
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "alter.cli", "serve", str(tmp_path / "model"), "--port",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()
+                time.sleep(0.2)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()

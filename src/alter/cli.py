@@ -228,6 +228,8 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
           ) -> None:
     """Serve a model over HTTP: POST /v1/predict, GET /v1/tasks, GET /health, docs at /docs.
     Set ALTER_API_KEY to require 'Authorization: Bearer <key>'."""
+    import signal
+
     import uvicorn
 
     from alter.serve.predictor import Predictor
@@ -239,7 +241,10 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
                          request_timeout_s=request_timeout)
     predictor = Predictor.load(checkpoint, batch_size=max_batch_size, max_new_tokens=max_new_tokens,
                                num_beams=num_beams)
-    # On Ctrl-C / SIGTERM uvicorn stops accepting and lets in-flight requests finish.
+    # On Ctrl-C / SIGTERM uvicorn stops accepting and lets in-flight requests finish, then
+    # raises the signal again for the handler it found: this one, so that a drained server
+    # ends with exit status 0 (what process managers read as a clean stop).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(create_app(predictor, config), host=host, port=port, timeout_graceful_shutdown=30)
 
 
