@@ -96,6 +96,8 @@ class ContinuousScheduler:
         model = self.predictor.model
         scoring, generating = [], []
         for item in new:
+            if item.future.cancelled():  # its client left before it was taken
+                continue
             kind = model.tasks[model.task_id(item.request["task"])].kind
             (generating if kind == "generation" else scoring).append(item)
         if scoring or (generating and not self.continuous):
