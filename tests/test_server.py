@@ -65,8 +65,8 @@ def test_mixed_requests_come_back_in_order(client, predictor):
     ({"requests": [{"task": "sst2"}]}, 422, "requests.0.inputs: Field required"),
     ({"requests": [{"task": "sst2", "inputs": {"sentence": 5}}]}, 422, "requests.0.inputs.sentence"),
     ({"wrong": 1}, 422, "requests: Field required"),
-    ({"requests": [{"task": "sst2", "inputs": {"sentence": "x"}}] * 9}, 413, "at most 8"),
-    ({"requests": [{"task": "sst2", "inputs": {"sentence": "x" * 501}}]}, 413, "over 500 characters"),
+    ({"requests": [{"task": "sst2", "inputs": {"sentence": "x"}}] * 9}, 422, "at most 8"),
+    ({"requests": [{"task": "sst2", "inputs": {"sentence": "x" * 501}}]}, 422, "over 500 characters"),
     ({"requests": [{"task": "sst2", "inputs": {"sentence": "x" * 5000}}]}, 413, "request body over 4096 bytes"),
 ])
 def test_bad_requests_get_a_4xx_that_names_the_problem(client, body, status, message):

@@ -30,8 +30,9 @@ EVENT = {"type": "object", "required": ["data"],  # one server-sent event, as Op
 STATUSES = {
     400: "the body is not UTF-8 or not JSON the server can read",
     401: "missing or wrong API key (when the server has one)",
-    413: "the body, an input field or the number of items is over the server's limit",
-    422: "a request the model cannot answer: unknown task, missing or empty input field, bad stream",
+    413: "the body is over the server's byte limit (however it is framed)",
+    422: "a request the schema refuses: unknown task, a missing, empty or too long input field, too many "
+         "items, a bad stream",
     503: "the queue is full; retry after the Retry-After header's seconds",
     504: "not answered within the server's request timeout",
 }

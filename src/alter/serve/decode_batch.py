@@ -14,6 +14,7 @@ search, sampling and encoder-decoder backbones are for the static path (`decodes
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,9 @@ class DecodeBatch:
     def __init__(self, backbone: nn.Module, mta_layers: Sequence, pad_id: int, eos_id: int):
         self.backbone, self.pad_id, self.eos_id = backbone, pad_id, eos_id
         self.pooling_layers = [layer.index for layer in mta_layers if layer.gate.uses_input]
+        # transformers 5.x names the cache argument `cache` (`past_key_values` goes in 5.40).
+        self.cache_argument = "cache" if "cache" in inspect.signature(backbone.forward).parameters \
+            else "past_key_values"
         self.rows: list[Generating] = []
         self.cache: DynamicCache | None = None
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # (B, T): 1 where a position is real
@@ -78,7 +82,7 @@ class DecodeBatch:
                                    use_cache=True)
             pooled = {index: context.pooled_cache[index] for index in self.pooling_layers}
         first = output.logits[:, -1].argmax(-1)  # (n,)
-        self._merge(list(new), output.past_key_values, mask, first, pooled)
+        self._merge(list(new), _cache_of(output), mask, first, pooled)
         self._advance(first, start=len(self.rows) - len(new))
 
     @torch.no_grad()
@@ -92,9 +96,9 @@ class DecodeBatch:
         with routing(task_ids) as context:
             context.pooled_cache.update(self.pooled)  # what each row's input gates saw at prefill
             output = self.backbone(input_ids=self.last[:, None], attention_mask=self.mask,
-                                   position_ids=self.mask.sum(1, keepdim=True) - 1, past_key_values=self.cache,
-                                   use_cache=True)
-        self.cache = output.past_key_values
+                                   position_ids=self.mask.sum(1, keepdim=True) - 1, use_cache=True,
+                                   **{self.cache_argument: self.cache})
+        self.cache = _cache_of(output)
         self.last = output.logits[:, -1].argmax(-1)  # (B,)
         self._advance(self.last)
 
@@ -147,6 +151,12 @@ class DecodeBatch:
         self.last = torch.cat([self.last, first])
         self.pooled = {layer: torch.cat([self.pooled[layer], pooled[layer]]) for layer in self.pooled}
         self.rows = self.rows + new
+
+
+def _cache_of(output) -> DynamicCache:
+    """The key/value cache a forward returned (`cache` in transformers 5.x, else `past_key_values`)."""
+    cache = output.get("cache")
+    return cache if cache is not None else output.get("past_key_values")
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

@@ -74,12 +74,12 @@ class PredictEndpoint:
     async def __call__(self, body: PredictBody) -> Any:
         config, predictor = self.config, self.predictor
         if len(body.requests) > config.max_items:
-            return error_response(413, f"{len(body.requests)} requests in one call; at most {config.max_items}")
+            return error_response(422, f"{len(body.requests)} requests in one call; at most {config.max_items}")
         items = [item.model_dump() for item in body.requests]
         for index, item in enumerate(items):
             for name, text in item["inputs"].items():
                 if len(text) > config.max_input_chars:
-                    return error_response(413, f"requests.{index}.inputs.{name}: over {config.max_input_chars} "
+                    return error_response(422, f"requests.{index}.inputs.{name}: over {config.max_input_chars} "
                                                "characters")
         try:
             predictor.examples(items)  # validate before queueing
