@@ -104,7 +104,7 @@ class MTAModel(nn.Module):
         examples = [as_example(example) for example in examples]
         ids = [self.task_id(example.task) for example in examples]
         for task_id, example in zip(ids, examples):
-            missing = [field for field in self.tasks[task_id].spec.inputs if field not in example.inputs]
+            missing = self.tasks[task_id].missing_inputs(example.inputs)
             if missing:
                 raise ValueError(f"{example.source or example.task}: task {example.task} needs the input field(s) "
                                  f"{', '.join(missing)}")
@@ -238,10 +238,15 @@ class MTAModel(nn.Module):
         directory = Path(directory)
         self.save(directory)
         if not backbone_is_loadable(self.config.backbone):
-            plain_backbone(self.backbone).save_pretrained(directory / BACKBONE_FOLDER)
-            self.tokenizer.save_pretrained(directory / BACKBONE_FOLDER)
-            point_at_backbone_beside(directory)
+            self.save_backbone_beside(directory)
         write_model_card(directory, self, self.trained_in)
+
+    def save_backbone_beside(self, directory: Path) -> None:
+        """Copy the backbone itself (its current weights, no adapters) into the saved folder
+        `directory`, and point the checkpoint at it, so that the folder loads anywhere."""
+        plain_backbone(self.backbone).save_pretrained(directory / BACKBONE_FOLDER)
+        self.tokenizer.save_pretrained(directory / BACKBONE_FOLDER)
+        point_at_backbone_beside(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> MTAModel:

@@ -7,7 +7,7 @@ import random
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from alter.config import Config, ConfigError, MixtureConfig, TaskRef
 from alter.data.collate import Encoded
@@ -16,20 +16,15 @@ from alter.data.readers import DataError
 from alter.data.registry import builtin_registry
 from alter.data.task import Example, Task, data_root
 
+if TYPE_CHECKING:  # the contract imports the heads; this module needs only the type
+    from alter.trainable import TrainableModel
+
 
 @dataclass
 class StageData:
     rows: list[list[Encoded]]  # encoded training examples, per task
     rates: list[float]  # mixture sampling rate per task
     task_names: list[str]
-
-
-class Encoder(Protocol):
-    """What turns examples into rows: every trainable system (`alter.protocol.TrainableModel`)."""
-
-    tasks: list[Task]
-
-    def encode(self, examples: Sequence[Example], with_target: bool = True) -> list[Encoded]: ...
 
 
 def sample(examples: list[Example], cap: int | None, seed: int, task: str) -> list[Example]:
@@ -108,7 +103,8 @@ def _training_pool(config: Config, task: Task, ref: TaskRef,
     return parts[0], parts[1], examples
 
 
-def stage_data(model: Encoder, config: Config, sets: dict[str, list[Example]], held_out: bool = False) -> StageData:
+def stage_data(model: TrainableModel, config: Config, sets: dict[str, list[Example]],
+               held_out: bool = False) -> StageData:
     """Encoded examples and mixture rates of every task. `held_out`: the held-out examples,
     which auxiliary tasks lack (they get a rate of 0)."""
     rows: list[list[Encoded]] = [model.encode(sets.get(task.name, [])) for task in model.tasks]

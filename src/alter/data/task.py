@@ -236,6 +236,10 @@ class Task:
                 references = (target, *(str(row[c]) for c in self.spec.references if row.get(c)))
         return Example(self.name, inputs, target, references, where)
 
+    def missing_inputs(self, inputs: dict) -> list[str]:
+        """The task's input fields that `inputs` lacks."""
+        return [field for field in self.spec.inputs if field not in inputs]
+
     # --- text-to-text view --------------------------------------------------------------
     def prompt(self, inputs: dict[str, str]) -> str:
         return self.spec.template.format(**inputs)

@@ -23,7 +23,6 @@ from torch import nn
 from alter.backbones import plain_backbone
 from alter.model import MTAModel
 from alter.mta.experts import LoRAExpertLinear
-from alter.saved import BACKBONE_FOLDER, point_at_backbone_beside
 from alter.shared_lora import ADAPTER
 
 TASK_CARD = "alter-task.json"
@@ -103,6 +102,4 @@ def _add(target: nn.Module, delta_in_out: torch.Tensor) -> None:
 def _copy_checkpoint(model: MTAModel, out: Path) -> None:
     """The alter checkpoint, with the backbone folder copied in beside it."""
     model.save(out)
-    plain_backbone(model.backbone).save_pretrained(out / BACKBONE_FOLDER)
-    model.tokenizer.save_pretrained(out / BACKBONE_FOLDER)
-    point_at_backbone_beside(out)
+    model.save_backbone_beside(out)

@@ -48,8 +48,9 @@ class Predictor:
                 raise RequestError(f"{where}: unknown task {name!r}; tasks: {', '.join(self.model.task_index)}")
             if not isinstance(inputs, Mapping):
                 raise RequestError(f"{where}: 'inputs' must be an object of input fields")
-            fields = self.model.tasks[self.model.task_id(name)].spec.inputs
-            missing = [field for field in fields if field not in inputs]
+            task = self.model.tasks[self.model.task_id(name)]
+            fields = task.spec.inputs
+            missing = task.missing_inputs(inputs)
             if missing:
                 raise RequestError(f"{where}: task {name} needs input field(s) {', '.join(missing)}")
             for field in fields:
