@@ -40,8 +40,7 @@ class ContinuousScheduler:
         self.predictor, self.max_rows, self.max_queue, self.idle_wait_s = predictor, max_rows, max_queue, idle_wait_s
         model = predictor.model
         self.continuous = decodes(model, predictor.num_beams)
-        self.batch = DecodeBatch(model.backbone, model.mta_layers, model.tokenizer.pad_token_id,
-                                 model.tokenizer.eos_token_id) if self.continuous else None
+        self.batch = self._new_batch() if self.continuous else None
         self.waiting: queue.Queue[_Item] = queue.Queue()
         self.running: dict[int, tuple[Generating, _Item]] = {}  # id(row) -> the row and its request
         self._stop = threading.Event()
@@ -170,5 +169,8 @@ class ContinuousScheduler:
                 item.future.set_exception(error)
         self.running = {}
         if self.batch is not None:
-            self.batch = DecodeBatch(self.batch.backbone, self.predictor.model.mta_layers, self.batch.pad_id,
-                                     self.batch.eos_id)
+            self.batch = self._new_batch()
+
+    def _new_batch(self) -> DecodeBatch:
+        model = self.predictor.model
+        return DecodeBatch(model.backbone, model.mta_layers, model.tokenizer.pad_token_id, model.tokenizer.eos_token_id)
