@@ -292,3 +292,13 @@ def test_sigterm_drains_and_the_server_exits_0(predictor, tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_a_bad_serve_option_is_one_line_naming_it():
+    from typer.testing import CliRunner
+
+    from alter.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "unused", "--scheduler", "bogus"])
+    assert result.exit_code == 2 and "alter serve: scheduler: Input should be 'continuous' or 'static'" in result.output
+    assert "Traceback" not in result.output and "pydantic" not in result.output

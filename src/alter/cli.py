@@ -231,14 +231,19 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
     import signal
 
     import uvicorn
+    from pydantic import ValidationError
 
+    from alter.config import ConfigError, describe_errors
     from alter.serve.predictor import Predictor
     from alter.serve.server import ServeConfig, create_app
 
-    config = ServeConfig(scheduler=scheduler, max_queue=max_queue, batching=batching,
-                         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                         max_items=max_items, max_input_chars=max_input_chars, max_body_bytes=max_body_bytes,
-                         request_timeout_s=request_timeout)
+    try:
+        config = ServeConfig(scheduler=scheduler, max_queue=max_queue, batching=batching,
+                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                             max_items=max_items, max_input_chars=max_input_chars, max_body_bytes=max_body_bytes,
+                             request_timeout_s=request_timeout)
+    except ValidationError as error:  # one line per option, not pydantic's report
+        raise ConfigError(describe_errors(error, "alter serve")) from None
     predictor = Predictor.load(checkpoint, batch_size=max_batch_size, max_new_tokens=max_new_tokens,
                                num_beams=num_beams)
     # On Ctrl-C / SIGTERM uvicorn stops accepting and lets in-flight requests finish, then
