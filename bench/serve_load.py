@@ -1,11 +1,20 @@
-"""Load on `alter serve`: N concurrent clients on loopback for a fixed time, with dynamic
-batching on and then off; requests/s, p50 and p99 latency (overall and per task), and errors.
+"""Load on `alter serve`, on loopback; the server is started by this script (`alter serve`,
+a free port) once per setting and stopped after. Requests hold one item each, dev examples
+of the model's tasks in turn; every other summary is streamed.
 
-    .venv/bin/python bench/serve_load.py CHECKPOINT [--clients 16] [--seconds 30] [--json]
+Open loop (the default; bench/open_loop.py): requests arrive as a Poisson process.
 
-Each client sends one request at a time (one item of a task drawn in turn from the model's
-tasks, a dev example of that task) and sends the next when the answer comes. The server is
-started by this script (`alter serve`, a free port) once per setting and stopped after.
+    .venv/bin/python bench/serve_load.py CHECKPOINT [--json] [--soak 600]
+    .venv/bin/python bench/serve_load.py CHECKPOINT --rate 0.3
+
+Without `--rate` it finds each scheduler's capacity (the highest rate it sustains), then
+runs both schedulers at 50% and 80% of the static scheduler's capacity; per task p50 / p90
+/ p99 seconds, the time to the first piece of streamed summaries, answered per second,
+errors. `--soak S` then holds the continuous scheduler at 50% for S seconds and reports the
+server's resident memory.
+
+Closed loop (`--closed-loop`): N clients each send one request at a time and the next when
+the answer comes, with the static scheduler's batching on and then off.
 """
 
 from __future__ import annotations
@@ -21,8 +30,11 @@ import time
 from pathlib import Path
 
 import httpx
+from open_loop import Window, find_capacity, run_window
 
 from alter.data.task import Task, TaskSpec, data_root
+
+SCHEDULERS = ("static", "continuous")
 
 
 def free_port() -> int:
@@ -31,21 +43,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def sample_requests(checkpoint: Path, per_task: int = 8) -> list[dict]:
-    """A few dev examples of every task of the checkpoint, interleaved."""
+def sample_requests(checkpoint: Path, per_task: int = 8, stream_every: int = 0) -> list[dict]:
+    """A few dev examples of every task of the checkpoint, interleaved; every
+    `stream_every`-th summary streamed (0: none)."""
     meta = json.loads((checkpoint / "alter.json").read_text())
     tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
     root = data_root()
-    per = [[{"task": task.name, "inputs": example.inputs} for example in task.read("dev", root)[:per_task]]
-           for task in tasks]
+    per = [[{"task": task.name, "inputs": example.inputs,
+             **({"stream": True} if task.kind == "generation" and stream_every and i % stream_every == 0 else {})}
+            for i, example in enumerate(task.read("dev", root)[:per_task])] for task in tasks]
     return [group[i] for i in range(per_task) for group in per if i < len(group)]
 
 
-def start_server(checkpoint: Path, port: int, batching: bool) -> subprocess.Popen:
-    # The static scheduler, batching on or off: what docs/serving.md measured (the continuous
-    # scheduler's open-loop comparison is issue 16's benchmark, not yet written).
-    command = [sys.executable, "-m", "alter.cli", "serve", str(checkpoint), "--port", str(port),
-               "--scheduler", "static", "--batching" if batching else "--no-batching"]
+def start_server(checkpoint: Path, port: int, *options: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "alter.cli", "serve", str(checkpoint), "--port", str(port), *options]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -101,31 +112,119 @@ def quantile_ms(ordered: list[float], q: float) -> float:
     return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    args = parser.parse_args()
+class Serving:
+    """`alter serve` with some options on a free port, for a `with` block."""
+
+    def __init__(self, checkpoint: Path, *options: str):
+        self.checkpoint, self.options, self.port = checkpoint, options, free_port()
+
+    def __enter__(self) -> Serving:
+        self.server = start_server(self.checkpoint, self.port, *self.options)
+        self.url = f"http://127.0.0.1:{self.port}/v1/predict"
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.server.terminate()
+        self.server.wait(timeout=60)
+
+    def rss_mb(self) -> float:
+        """The server's resident memory (Linux /proc)."""
+        for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def closed_loop(args) -> dict:
     requests = sample_requests(args.checkpoint)
     results = {}
     for batching in (True, False):
-        port = free_port()
-        server = start_server(args.checkpoint, port, batching)
-        try:
+        with Serving(args.checkpoint, "--scheduler", "static", "--batching" if batching else "--no-batching") as server:
             results["batching_on" if batching else "batching_off"] = asyncio.run(
-                load(port, requests, args.clients, args.seconds))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
-    result = {"clients": args.clients, "seconds": args.seconds, "checkpoint": str(args.checkpoint), **results}
+                load(server.port, requests, args.clients, args.seconds))
+    return {"clients": args.clients, "seconds": args.seconds, "checkpoint": str(args.checkpoint), **results}
+
+
+def open_loop_runs(args, log) -> dict:
+    requests = sample_requests(args.checkpoint, per_task=args.per_task, stream_every=2)
+    capacity: dict[str, float] = {}
+    probes: dict[str, list] = {}
+    if args.rate is None:
+        for scheduler in SCHEDULERS:
+            log(f"capacity of the {scheduler} scheduler ({args.probe_seconds:.0f} s per probe)")
+            with Serving(args.checkpoint, "--scheduler", scheduler) as server:
+                capacity[scheduler], probes[scheduler] = find_capacity(
+                    server.url, requests, args.start_rate, args.probe_seconds, args.bisections, log)
+        rates = {load: load * capacity["static"] for load in (0.5, 0.8)}
+    else:
+        rates = {None: args.rate}
+    runs = []
+    for load, rate in rates.items():
+        for scheduler in SCHEDULERS:
+            with Serving(args.checkpoint, "--scheduler", scheduler) as server:
+                window = asyncio.run(run_window(server.url, requests, rate, args.seconds, seed=100))
+            runs.append({"scheduler": scheduler, "load": load, **window.summary()})
+            log(f"{scheduler:>10} at {rate:.3f} req/s: " + ", ".join(
+                f"{task} p50 {v['p50']} s" for task, v in runs[-1]["tasks"].items())
+                + f"; ttft p50 {runs[-1]['ttft_p50']} s; errors {runs[-1]['errors']}")
+    result = {"checkpoint": str(args.checkpoint), "capacity_rps": capacity, "runs": runs, "probes": probes,
+              "seconds": args.seconds}
+    if args.soak:
+        result["soak"] = soak(args, requests, 0.5 * capacity.get("static", args.rate or 0), log)
+    return result
+
+
+def soak(args, requests: list[dict], rate: float, log) -> dict:
+    """The continuous scheduler at `rate` for `--soak` seconds; the server's memory sampled."""
+    log(f"soak: the continuous scheduler at {rate:.3f} req/s for {args.soak:.0f} s")
+    samples: list[tuple[float, float]] = []  # (seconds, MB)
+    with Serving(args.checkpoint, "--scheduler", "continuous") as server:
+        async def watched() -> Window:
+            window = asyncio.create_task(run_window(server.url, requests, rate, args.soak, seed=200))
+            began = time.perf_counter()
+            while not window.done():
+                samples.append((round(time.perf_counter() - began, 1), round(server.rss_mb(), 1)))
+                await asyncio.sleep(5)
+            return window.result()
+        window = asyncio.run(watched())
+    after_first_minute = next(mb for at, mb in samples if at >= 60) if samples[-1][0] >= 60 else samples[0][1]
+    growth = samples[-1][1] / after_first_minute - 1
+    log(f"soak: {after_first_minute:.0f} MB after the first minute, {samples[-1][1]:.0f} MB at the end "
+        f"({100 * growth:+.1f}%), errors {window.errors}")
+    return {"rate_rps": rate, "seconds": args.soak, "rss_mb_after_first_minute": after_first_minute,
+            "rss_mb_end": samples[-1][1], "rss_growth": round(growth, 4), "rss_mb": samples, **window.summary()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--closed-loop", action="store_true", help="N clients, one request at a time each")
+    parser.add_argument("--clients", type=int, default=16, help="closed loop")
+    parser.add_argument("--seconds", type=float, default=180, help="each run's window (closed loop: 30 is plenty)")
+    parser.add_argument("--rate", type=float, help="open loop: this rate only, both schedulers (no capacity search)")
+    parser.add_argument("--start-rate", type=float, default=0.1, help="capacity search: the first probe's rate")
+    parser.add_argument("--probe-seconds", type=float, default=60)
+    parser.add_argument("--bisections", type=int, default=3)
+    parser.add_argument("--per-task", type=int, default=24, help="distinct dev examples per task")
+    parser.add_argument("--soak", type=float, default=0, help="seconds of the soak at 50%% (0: none)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result (progress to stderr)")
+    args = parser.parse_args()
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    result = closed_loop(args) if args.closed_loop else open_loop_runs(args, log)
     if args.json:
         print(json.dumps(result))
-        return
-    print(f"{args.clients} clients, {args.seconds:.0f} s each setting, one item per request, {args.checkpoint}")
+    elif args.closed_loop:
+        print_closed_loop(result)
+
+
+def print_closed_loop(result: dict) -> None:
+    print(f"{result['clients']} clients, {result['seconds']:.0f} s each setting, one item per request")
     print(f"{'setting':<14} {'requests/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for name, row in results.items():
+    for name in ("batching_on", "batching_off"):
+        row = result[name]
         print(f"{name:<14} {row['requests_per_s']:>10} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['errors']:>7}")
         print(f"{'':<14} p50 ms by task: {json.dumps(row['p50_ms_by_task'])}")
 

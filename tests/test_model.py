@@ -11,6 +11,7 @@ import torch
 from alter.config import StageConfig
 from alter.data.collate import IGNORE, Encoded
 from alter.data.task import Example, Task, TaskSpec
+from alter.generation import GenerationSettings
 from alter.model import MTAModel
 from alter.training.stages import prepare_stage
 from tests.conftest import model_config, randomise_experts
@@ -53,7 +54,8 @@ def test_task_ids_follow_their_examples_under_beam_search(registry, samples, bac
     rows_other = [Encoded(0, rows[0].input_ids)]  # routed as sst2
 
     def run(batch):  # token ids of each row, without padding
-        ids = model.head.generate_ids(model.backbone, batch, model.tokenizer, 10, 3)
+        ids = model.head.generate_ids(model.backbone, batch, model.tokenizer,
+                                        GenerationSettings(max_new_tokens=10, num_beams=3))
         return [[t for t in row if t != model.tokenizer.pad_token_id] for row in ids.tolist()]
 
     mixed = run(rows + rows_other + rows)

@@ -86,8 +86,23 @@ def test_beam_search_is_answered_statically_between_iterations(predictor):
     beams = Predictor(predictor.model, batch_size=8, max_new_tokens=6, num_beams=2)
     scheduler = running(beams)
     try:
-        assert not scheduler.continuous
         answers = [future.result(timeout=60) for future in scheduler.submit([SUMMARY, SCORE])]
     finally:
         scheduler.stop()
     assert_same_answers(answers, beams.predict([SUMMARY, SCORE]))
+
+
+def test_each_request_writes_under_its_own_settings_as_static_batching_does(predictor):
+    requests = [{**SUMMARY, "no_repeat_ngram_size": 2}, {**SUMMARY, "temperature": 0.9, "top_p": 0.8, "seed": 4},
+                {**SUMMARY, "num_beams": 3, "max_new_tokens": 5}, SCORE, {**SUMMARY, "repetition_penalty": 1.4},
+                {**SUMMARY, "temperature": 1.2, "seed": 9, "max_new_tokens": 7}]
+    scheduler = running(predictor)
+    try:
+        first = scheduler.submit(requests[:3])
+        time.sleep(0.05)  # the others join while the first ones run
+        second = scheduler.submit(requests[3:])
+        answers = [future.result(timeout=60) for future in first + second]
+    finally:
+        scheduler.stop()
+    assert_same_answers(answers, predictor.predict(requests))
+    assert len({answer["prediction"] for answer in answers if answer["task"] == "dialogsum"}) > 1

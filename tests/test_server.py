@@ -15,11 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alter.model import MTAModel
+from alter.serve.decode_batch import DecodeBatch
 from alter.serve.predictor import Predictor
 from alter.serve.server import ServeConfig, create_app
 from tests.conftest import model_config
 
 TASKS = ("sst2", "stsb", "dialogsum")
+DIALOGUE = {"task": "dialogsum", "inputs": {"dialogue": "#Person1#: Where is the station?\n#Person2#: Left."}}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,11 @@ def test_mixed_requests_come_back_in_order(client, predictor):
     ({"wrong": 1}, 422, "requests: Field required"),
     ({"requests": [{"task": "sst2", "inputs": {"sentence": "x"}}] * 9}, 422, "at most 8"),
     ({"requests": [{"task": "sst2", "inputs": {"sentence": "x" * 501}}]}, 422, "over 500 characters"),
+    ({"requests": [{"task": "sst2", "inputs": {"sentence": "x"}, "num_beams": 2}]}, 422,
+     "requests.0: num_beams: task sst2 does not generate"),
+    ({"requests": [{**DIALOGUE, "num_beams": 9}]}, 422, "requests.0: num_beams 9 is over the server's 4"),
+    ({"requests": [{**DIALOGUE, "num_beams": 2, "temperature": 0.5}]}, 422, "writes one beam"),
+    ({"requests": [{**DIALOGUE, "temperature": 3}]}, 422, "requests.0.temperature: Input should be less than"),
     ({"requests": [{"task": "sst2", "inputs": {"sentence": "x" * 5000}}]}, 413, "request body over 4096 bytes"),
 ])
 def test_bad_requests_get_a_4xx_that_names_the_problem(client, body, status, message):
@@ -110,7 +117,6 @@ def test_a_chunked_body_over_the_limit_gets_413_without_being_read_whole(live_se
     assert answer.startswith("HTTP/1.1 413") and "over 4096 bytes" in answer
 
 
-DIALOGUE = {"task": "dialogsum", "inputs": {"dialogue": "#Person1#: Where is the station?\n#Person2#: Left."}}
 
 
 def events_of(text: str) -> list[dict]:
@@ -127,6 +133,16 @@ def test_a_streamed_answer_is_pieces_then_the_whole_result(predictor, scheduler)
     pieces, last = [e["piece"] for e in events[:-1]], events[-1]
     assert last == {"result": plain} and "".join(pieces).strip() == plain["prediction"]
     assert all("piece" in e for e in events[:-1]) and (len(pieces) > 1 or scheduler == "static")
+
+
+def test_a_generation_that_fails_mid_stream_ends_it_with_an_error_event(predictor, monkeypatch):
+    def broken(self):
+        raise RuntimeError("the device went away")
+    monkeypatch.setattr(DecodeBatch, "step", broken)
+    with TestClient(create_app(predictor)) as client:
+        events = events_of(client.post("/v1/predict", json={"requests": [{**DIALOGUE, "stream": True}]}).text)
+    assert events[-1] == {"error": "the generation failed: the device went away"}
+    assert all("piece" in e for e in events[:-1])  # the first token, written at prefill
 
 
 def test_only_one_generation_item_streams(client):

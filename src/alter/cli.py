@@ -223,7 +223,8 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
           max_batch_size: int = 16, max_wait_ms: float = 10.0, max_items: int = 64,
           max_input_chars: int = 20_000, max_body_bytes: int = 1_000_000,
           request_timeout: Annotated[float, typer.Option(help="seconds; unanswered by then: 504")] = 300.0,
-          num_beams: int = 1,
+          num_beams: Annotated[int, typer.Option(help="beams where neither task nor request says")] = 1,
+          max_beams: Annotated[int, typer.Option(help="the most beams a request may ask for")] = 4,
           max_new_tokens: Annotated[int, typer.Option(help="a generation's budget; requests may ask for less")] = 48,
           ) -> None:
     """Serve a model over HTTP: POST /v1/predict, GET /v1/tasks, GET /health, docs at /docs.
@@ -245,7 +246,7 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
     except ValidationError as error:  # one line per option, not pydantic's report
         raise ConfigError(describe_errors(error, "alter serve")) from None
     predictor = Predictor.load(checkpoint, batch_size=max_batch_size, max_new_tokens=max_new_tokens,
-                               num_beams=num_beams)
+                               num_beams=num_beams, max_beams=max_beams)
     # On Ctrl-C / SIGTERM uvicorn stops accepting and lets in-flight requests finish, then
     # raises the signal again for the handler it found: this one, so that a drained server
     # ends with exit status 0 (what process managers read as a clean stop).

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alter.data.task import TaskSpec
+from alter.generation import GenerationSettings
 from alter.mta.config import MTAConfig
 
 
@@ -54,6 +55,8 @@ class TaskRef(_Strict):
     # be what it trains on) and is left out of every macro average.
     scored: bool = True
     validation: int | None = Field(default=None, ge=0)  # this task's `data.validation` (0: none)
+    # A generation task's settings (alter.generation), over those its spec carries.
+    generation: GenerationSettings | None = None
 
 
 class MixtureConfig(_Strict):

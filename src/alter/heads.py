@@ -18,6 +18,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
 from alter.config import ModelConfig
 from alter.data.collate import IGNORE, Encoded, attention_mask, encode_prompt, encode_target, pad, to_device
 from alter.data.task import Example, Task
+from alter.decoding import generate_kwargs, seeded
+from alter.generation import GenerationSettings
 from alter.mta.routing import routing
 
 Batch = dict[str, Any]
@@ -249,24 +251,29 @@ class LMHead(DeviceAware):
             return Encoded(row.task_id, row.input_ids, labels=candidate)
         return Encoded(row.task_id, row.input_ids + candidate, labels=[IGNORE] * len(row.input_ids) + candidate)
 
-    def generate_ids(self, backbone: nn.Module, rows: Sequence[Encoded], tokenizer, max_new_tokens: int,
-                     num_beams: int) -> torch.Tensor:
-        """New token ids, (B, new). Task ids are expanded with the beams by the MTA layers."""
+    def generate_ids(self, backbone: nn.Module, rows: Sequence[Encoded], tokenizer,
+                     settings: GenerationSettings) -> torch.Tensor:
+        """New token ids, (B, new), written as `settings` say (complete: `max_new_tokens` and
+        `num_beams` set). Task ids are expanded with the beams by the MTA layers."""
         # Decoder-only models continue the prompt, so prompts are aligned on the right.
         batch = self.collate(rows, tokenizer, side="right" if self.seq2seq else "left")
-        with routed(batch):
+        # What generate's processors see before the first written token: the decoder's start
+        # token, or the (padded) prompt.
+        prompt_length = 1 if self.seq2seq else batch["input_ids"].shape[1]
+        with routed(batch), seeded(settings):
             output = backbone.generate(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                **generate_kwargs(settings, prompt_length),
             )  # (B, T + new) or (B, new)
         return output if self.seq2seq else output[:, batch["input_ids"].shape[1]:]
 
-    def generate(self, backbone: nn.Module, rows: Sequence[Encoded], tokenizer, max_new_tokens: int,
-                 num_beams: int) -> list[Prediction]:
-        new_tokens = self.generate_ids(backbone, rows, tokenizer, max_new_tokens, num_beams)
+    def generate(self, backbone: nn.Module, rows: Sequence[Encoded], tokenizer,
+                 settings: GenerationSettings) -> list[Prediction]:
+        new_tokens = self.generate_ids(backbone, rows, tokenizer, settings)
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [(text.strip(), {}) for text in texts]
+
 
 class ClassifierHead(DeviceAware):
     """A linear classifier (or regressor) per task on the pooled hidden state."""

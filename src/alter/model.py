@@ -27,6 +27,7 @@ from alter.config import ModelConfig, StageConfig
 from alter.data.collate import Encoded
 from alter.data.registry import resolve_tasks
 from alter.data.task import Example, Task, TaskSpec, as_example
+from alter.generation import GenerationSettings
 from alter.heads import ClassifierHead, LMHead, Prediction
 from alter.mta import ExpertModule, MTAConfig, MTALayer, TaskGate, inject_mta
 from alter.mta.plan import ExpertPlan, plan_experts
@@ -123,22 +124,27 @@ class MTAModel(nn.Module):
     @torch.no_grad()
     def predict(self, examples: Sequence[Example | dict], batch_size: int = 16, max_new_tokens: int = 48,
                 num_beams: int = 1, progress: str | None = None) -> list[Prediction]:
-        """Predictions in input order: (label, scores) / (score, {}) / (text, {}). `progress`:
-        the label of a progress bar over the examples (none by default)."""
+        """Predictions in input order: (label, scores) / (score, {}) / (text, {}). A summary is
+        written with its task's generation settings, `max_new_tokens` and `num_beams` filling
+        what they leave unset. `progress`: the label of a progress bar (none by default)."""
         return self.predict_encoded(self.encode(examples, with_target=False), batch_size, max_new_tokens, num_beams,
                                     progress)
 
     @torch.no_grad()
     def predict_encoded(self, rows: Sequence[Encoded], batch_size: int = 16, max_new_tokens: int = 48,
-                        num_beams: int = 1, progress: str | None = None) -> list[Prediction]:
-        """`predict` on examples already encoded (without targets), any mix of tasks."""
+                        num_beams: int = 1, progress: str | None = None,
+                        settings: Sequence[GenerationSettings] | None = None) -> list[Prediction]:
+        """`predict` on examples already encoded (without targets), any mix of tasks.
+        `settings`: each row's complete generation settings, when the caller resolved them
+        (`generation_settings`); unused for rows that are scored."""
         was_training = self.training
         self.eval()
+        if settings is None:
+            defaults = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams)
+            settings = [self.generation_settings(row.task_id, defaults) for row in rows]
         bar = tqdm(total=len(rows), desc=progress, unit="ex", dynamic_ncols=True, disable=progress is None)
         results: list[Prediction | None] = [None] * len(rows)
-        generating = [i for i, row in enumerate(rows) if self.tasks[row.task_id].kind == "generation"]
-        scoring = [i for i, row in enumerate(rows) if self.tasks[row.task_id].kind != "generation"]
-        for indices, run in ((scoring, self._score), (generating, self._generate(max_new_tokens, num_beams))):
+        for indices, run in self._passes(rows, settings):
             # Similar lengths together: less padding, same results.
             indices = sorted(indices, key=lambda i: len(rows[i].input_ids))
             for start in range(0, len(indices), batch_size):
@@ -150,12 +156,35 @@ class MTAModel(nn.Module):
         self.train(was_training)
         return results  # type: ignore[return-value]
 
+    def generation_settings(self, task_id: int, defaults: GenerationSettings,
+                            requested: GenerationSettings | None = None) -> GenerationSettings:
+        """How a row of the task writes: `requested`, over the task's own settings, over
+        `defaults`; a sample gets a seed of its own."""
+        task_settings = self.tasks[task_id].spec.generation
+        merged = (task_settings.over(defaults) if task_settings else defaults)
+        return (requested.over(merged) if requested else merged).with_seed()
+
+    def _passes(self, rows: Sequence[Encoded], settings: Sequence[GenerationSettings]):
+        """(row indices, how to predict them): the scored rows together, then the generating
+        rows by their settings (a sampled row alone, so that its draws follow its seed only)."""
+        by_settings: dict[tuple, list[int]] = {}
+        scoring = []
+        for i, row in enumerate(rows):
+            if self.tasks[row.task_id].kind != "generation":
+                scoring.append(i)
+            else:
+                by_settings.setdefault((settings[i], i if settings[i].samples else None), []).append(i)
+        if scoring:
+            yield scoring, self._score
+        for (how, _), indices in by_settings.items():
+            yield indices, self._generate(how)
+
     def _score(self, rows: Sequence[Encoded]) -> list[Prediction]:
         return self.head.score(self.backbone, rows, self.tasks, self.tokenizer)
 
-    def _generate(self, max_new_tokens: int, num_beams: int):
+    def _generate(self, settings: GenerationSettings):
         def run(rows: Sequence[Encoded]) -> list[Prediction]:
-            return self.head.generate(self.backbone, rows, self.tokenizer, max_new_tokens, num_beams)
+            return self.head.generate(self.backbone, rows, self.tokenizer, settings)
         return run
 
     # --- gates --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from alter.data.collate import Encoded
 from alter.data.mixture import mixture_rates
 from alter.data.readers import DataError
 from alter.data.registry import builtin_registry
-from alter.data.task import Example, Task, data_root
+from alter.data.task import Example, Task, TaskSpec, data_root
 
 if TYPE_CHECKING:  # the contract imports the heads; this module needs only the type
     from alter.trainable import TrainableModel
@@ -37,7 +37,21 @@ def sample(examples: list[Example], cap: int | None, seed: int, task: str) -> li
 
 def load_tasks(config: Config) -> list[Task]:
     registry = builtin_registry(config.data.custom_tasks)
-    return [registry.get(ref.name) for ref in config.data.refs()]
+    return [_with_settings(registry.get(ref.name), ref) for ref in config.data.refs()]
+
+
+def _with_settings(task: Task, ref: TaskRef) -> Task:
+    """The task with the generation settings its entry in `data.tasks` gives (over its own)."""
+    if ref.generation is None:
+        return task
+    where = f"data.tasks ({ref.name}).generation"
+    if task.kind != "generation":
+        raise ConfigError(f"{where}: settings for generation tasks; {task.name} is a {task.kind} task")
+    try:
+        settings = ref.generation.over(task.spec.generation)
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    return Task(TaskSpec(**{**task.spec.model_dump(), "generation": settings}))
 
 
 def words(example: Example) -> int:

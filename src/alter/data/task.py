@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alter.data.readers import DataError, MalformedRows, read_rows
+from alter.generation import GenerationSettings
 
 TaskKind = Literal["classification", "regression", "generation"]
 SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
@@ -56,6 +57,9 @@ class TaskSpec(BaseModel):
     references: list[str] = []  # extra reference columns for generation metrics
     metrics: list[str] = []
     main_metric: str | None = None
+    # How a generation task writes (beams, repetition controls, length, sampling), saved with
+    # the model; the caller's settings fill what is unset, a request may override them.
+    generation: GenerationSettings | None = None
 
     @field_validator("splits", mode="before")
     @classmethod
@@ -79,6 +83,9 @@ class TaskSpec(BaseModel):
                    if name not in METRICS]
         if unknown:
             raise ValueError(f"task {self.name}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        if self.generation is not None and self.kind != "generation":
+            raise ValueError(f"task {self.name}: `generation` settings are for generation tasks; this one is "
+                             f"{self.kind}")
         if self.main_metric and self.metrics and self.main_metric not in self.metrics:
             raise ValueError(f"task {self.name}: main_metric {self.main_metric} is not one of its metrics "
                              f"{self.metrics}")
@@ -233,7 +240,12 @@ class Task:
                     raise DataError(f"{where}: score '{raw}' of task {self.name} is not a number") from None
             else:
                 target = str(raw)
-                references = (target, *(str(row[c]) for c in self.spec.references if row.get(c)))
+        if self.kind == "generation":
+            # Every reference text; a split with reference columns only (DialogSum's test split:
+            # summary1-3, no summary) takes the first of them as its target.
+            references = tuple(text for text in (target, *(str(row[c]) for c in self.spec.references if row.get(c)))
+                               if text)
+            target = references[0] if references else None
         return Example(self.name, inputs, target, references, where)
 
     def missing_inputs(self, inputs: dict) -> list[str]:

@@ -8,8 +8,10 @@ attention mask says which positions are real, and every row's position ids count
 real tokens. Each row keeps its task id (the MTA gates route by it) and, for gates that read
 the input, the pooled prompt its gates saw at prefill.
 
-Greedy decoding of decoder-only backbones with task-level or input-pooled gates; beam
-search, sampling and encoder-decoder backbones are for the static path (`decodes`).
+Each row writes under its own generation settings: plain greedy rows take the batch's
+argmax, a row with repetition controls or sampling its `TokenChooser`'s choice (the same
+processors and seeded draws as `generate`, so it writes what the static path writes). Beam
+search and encoder-decoder or sliding-window backbones are for the static path (`decodes`).
 """
 
 from __future__ import annotations
@@ -23,27 +25,32 @@ from torch import nn
 from transformers import DynamicCache
 
 from alter.data.collate import Encoded, attention_mask, pad
+from alter.decoding import TokenChooser
+from alter.generation import GenerationSettings
 from alter.mta.routing import routing
 
 
 @dataclass
 class Generating:
-    """One row being written: its prompt, its budget and what it has written so far."""
+    """One row being written: its prompt, its settings (`max_new_tokens` set) and what it has
+    written so far."""
 
     row: Encoded
-    max_new_tokens: int
+    settings: GenerationSettings
     on_token: Callable[[Generating], None] | None = None  # after every new token (streaming)
     on_done: Callable[[Generating], None] | None = None
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False  # set from outside (a client left): the row leaves at the next step
     streamed: str = ""  # the text sent so far, for a streamed row
+    chooser: TokenChooser | None = None  # set on joining, unless the row is plain greedy
 
 
-def decodes(model, num_beams: int = 1) -> bool:
-    """Whether `DecodeBatch` can write for `model`: greedy, a decoder-only backbone with
-    plain (not sliding-window) key/value caches, the LM head."""
+def decodes(model, settings: GenerationSettings | None = None) -> bool:
+    """Whether `DecodeBatch` can write for `model` under `settings`: one beam, a decoder-only
+    backbone with plain (not sliding-window) key/value caches, the LM head."""
     backbone = model.backbone
-    return (num_beams == 1 and model.config.head == "lm" and not backbone.config.is_encoder_decoder
+    one_beam = settings is None or (settings.num_beams or 1) == 1
+    return (one_beam and model.config.head == "lm" and not backbone.config.is_encoder_decoder
             and not getattr(backbone.config, "sliding_window", None)
             and not getattr(backbone.config, "layer_types", None))
 
@@ -81,7 +88,10 @@ class DecodeBatch:
             output = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask),
                                    use_cache=True)
             pooled = {index: context.pooled_cache[index] for index in self.pooling_layers}
-        first = output.logits[:, -1].argmax(-1)  # (n,)
+        for entry in new:
+            if not entry.settings.greedy_only:
+                entry.chooser = TokenChooser(entry.settings, self.device)
+        first = self._choose(new, output.logits[:, -1])  # (n,)
         self._merge(list(new), _cache_of(output), mask, first, pooled)
         self._advance(first, start=len(self.rows) - len(new))
 
@@ -99,8 +109,17 @@ class DecodeBatch:
                                    position_ids=self.mask.sum(1, keepdim=True) - 1, use_cache=True,
                                    **{self.cache_argument: self.cache})
         self.cache = _cache_of(output)
-        self.last = output.logits[:, -1].argmax(-1)  # (B,)
+        self.last = self._choose(self.rows, output.logits[:, -1])  # (B,)
         self._advance(self.last)
+
+    @staticmethod
+    def _choose(rows: Sequence[Generating], logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next token (B,) from its logits (B, V): the argmax, or its chooser's pick."""
+        tokens = logits.argmax(-1)
+        for i, entry in enumerate(rows):
+            if entry.chooser is not None:
+                tokens[i] = entry.chooser(entry.tokens, logits[i])
+        return tokens
 
     def _advance(self, tokens: torch.Tensor, start: int = 0) -> None:
         """Record the new tokens (n,) of rows `start`...; rows that wrote the end token or
@@ -111,7 +130,7 @@ class DecodeBatch:
                 entry.tokens.append(token)
                 if entry.on_token:
                     entry.on_token(entry)
-            if token == self.eos_id or len(entry.tokens) >= entry.max_new_tokens or entry.cancelled:
+            if token == self.eos_id or len(entry.tokens) >= entry.settings.max_new_tokens or entry.cancelled:
                 finished.append(index)
         for index in finished:
             if self.rows[index].on_done and not self.rows[index].cancelled:

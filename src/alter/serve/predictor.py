@@ -2,8 +2,9 @@
 
 Requests of different tasks share batches: the MTA layers route each row to its task's
 gates, so a batch needs no grouping by task. Classification is rank classification in one
-forward pass, regression the expected value over score bins, summaries greedy or beam search
-with task ids expanded with the beams.
+forward pass, regression the expected value over score bins, summaries written with their
+task's generation settings (saved with the model), which a request may override within the
+server's limits (`RequestedGeneration`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from alter.data.task import Example
+from alter.generation import GenerationSettings
 from alter.model import MTAModel
+from alter.serve.requests import FIELDS, blank, requested_settings
 
 
 class RequestError(ValueError):
@@ -21,9 +24,14 @@ class RequestError(ValueError):
 
 
 class Predictor:
-    def __init__(self, model: MTAModel, batch_size: int = 16, max_new_tokens: int = 48, num_beams: int = 1):
+    def __init__(self, model: MTAModel, batch_size: int = 16, max_new_tokens: int = 48, num_beams: int = 1,
+                 max_beams: int = 4):
+        """`max_new_tokens`, `num_beams`: what a generation writes where neither its task nor
+        its request says; `max_new_tokens` and `max_beams` bound what they may ask."""
         self.model = model.eval()
         self.batch_size, self.max_new_tokens, self.num_beams = batch_size, max_new_tokens, num_beams
+        self.max_beams = max(max_beams, num_beams)
+        self.defaults = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams)
         self.tokens_generated = 0  # tokens written by generations (GET /metrics)
 
     @classmethod
@@ -54,23 +62,39 @@ class Predictor:
             if missing:
                 raise RequestError(f"{where}: task {name} needs input field(s) {', '.join(missing)}")
             for field in fields:
-                if not isinstance(inputs[field], str) or not inputs[field].strip():
+                if not isinstance(inputs[field], str) or blank(inputs[field]):
                     raise RequestError(f"{where}: input field {field} must be a non-empty string")
             examples.append(Example(name, {field: inputs[field] for field in fields}, None))
         return examples
+
+    def settings(self, requests: Sequence[Mapping[str, Any]]) -> list[GenerationSettings]:
+        """How each (valid) request's generation writes: its own fields over its task's
+        settings over the server's, the length cut to the server's `max_new_tokens`."""
+        settings = []
+        for index, request in enumerate(requests):
+            task_id = self.model.task_id(request["task"])
+            asked = {name for name in FIELDS if request.get(name) is not None}
+            if asked and self.model.tasks[task_id].kind != "generation":
+                raise RequestError(f"request {index}: {', '.join(sorted(asked))}: task {request['task']} does not "
+                                   "generate")
+            if (request.get("num_beams") or 1) > self.max_beams:
+                raise RequestError(f"request {index}: num_beams {request['num_beams']} is over the server's "
+                                   f"{self.max_beams}")
+            try:
+                resolved = self.model.generation_settings(task_id, self.defaults, requested_settings(request))
+            except ValueError as error:  # e.g. sampling asked with beams
+                raise RequestError(f"request {index}: {error}") from None
+            settings.append(resolved.model_copy(update={
+                "max_new_tokens": min(resolved.max_new_tokens or self.max_new_tokens, self.max_new_tokens),
+                "num_beams": min(resolved.num_beams or 1, self.max_beams)}))
+        return settings
 
     def predict(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """One result per request, in request order: `prediction` (a label, a number or a
         text), `scores` (per label or score bin; empty for text) and `truncated` (the input
         was cut to the model's `max_source_length`, as in training)."""
         rows = self.model.encode(self.examples(requests), with_target=False)
-        budgets = [self.budget(request) for request in requests]
-        predictions: list = [None] * len(rows)
-        for budget in sorted(set(budgets)):  # one call per generation budget asked for
-            indices = [i for i, wanted in enumerate(budgets) if wanted == budget]
-            for i, prediction in zip(indices, self.model.predict_encoded([rows[i] for i in indices], self.batch_size,
-                                                                          budget, self.num_beams)):
-                predictions[i] = prediction
+        predictions = self.model.predict_encoded(rows, self.batch_size, settings=self.settings(requests))
         tokenizer = self.model.tokenizer
         self.tokens_generated += sum(len(tokenizer(value, add_special_tokens=False)["input_ids"])
                                      for row, (value, _) in zip(rows, predictions)
@@ -78,8 +102,3 @@ class Predictor:
         return [{"task": self.model.tasks[row.task_id].name, "prediction": value, "scores": scores,
                  "truncated": row.truncated} for row, (value, scores) in zip(rows, predictions)]
 
-    def budget(self, request: Mapping[str, Any]) -> int:
-        """The new tokens a generation request may write: its own `max_new_tokens`, at most the
-        server's (the default)."""
-        asked = request.get("max_new_tokens")
-        return self.max_new_tokens if asked is None else min(int(asked), self.max_new_tokens)

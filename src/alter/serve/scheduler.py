@@ -4,8 +4,9 @@ batch), prefills the waiting generation items into the running batch, and advanc
 running generation by one token. A classification never waits for a summary to end; a
 finished summary is answered at once, not when its batch's longest one ends.
 
-Generation the running batch cannot do (beam search, an encoder-decoder or sliding-window
-backbone: `decode_batch.decodes`) is predicted statically between iterations.
+Every generation writes under its own settings (its request's over its task's); what the
+running batch cannot do (beam search, an encoder-decoder or sliding-window backbone:
+`decode_batch.decodes`) is predicted statically between iterations.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from alter.generation import GenerationSettings
 from alter.serve.decode_batch import DecodeBatch, Generating, decodes
 from alter.serve.predictor import Predictor
 
@@ -38,8 +40,7 @@ class _Item:
 class ContinuousScheduler:
     def __init__(self, predictor: Predictor, max_rows: int = 16, max_queue: int = 256, idle_wait_s: float = 0.05):
         self.predictor, self.max_rows, self.max_queue, self.idle_wait_s = predictor, max_rows, max_queue, idle_wait_s
-        model = predictor.model
-        self.continuous = decodes(model, predictor.num_beams)
+        self.continuous = decodes(predictor.model)  # whether this model can keep a running batch
         self.batch = self._new_batch() if self.continuous else None
         self.waiting: queue.Queue[_Item] = queue.Queue()
         self.running: dict[int, tuple[Generating, _Item]] = {}  # id(row) -> the row and its request
@@ -93,14 +94,20 @@ class ContinuousScheduler:
 
     def _iterate(self, new: list[_Item]) -> None:
         model = self.predictor.model
-        scoring, generating = [], []
+        static, generating = [], []  # generating: (item, its settings) for the running batch
         for item in new:
             if item.future.cancelled():  # its client left before it was taken
                 continue
-            kind = model.tasks[model.task_id(item.request["task"])].kind
-            (generating if kind == "generation" else scoring).append(item)
-        if scoring or (generating and not self.continuous):
-            self._predict_statically(scoring + ([] if self.continuous else generating))
+            if model.tasks[model.task_id(item.request["task"])].kind != "generation":
+                static.append(item)
+                continue
+            (settings,) = self.predictor.settings([item.request])
+            if self.continuous and decodes(model, settings):
+                generating.append((item, settings))
+            else:
+                static.append(item)
+        if static:
+            self._predict_statically(static)
         if self.continuous:
             self._admit(generating)
             for entry, item in self.running.values():
@@ -117,20 +124,21 @@ class ContinuousScheduler:
                     item.on_piece(result["prediction"])  # written at once: one piece
                 item.future.set_result(result)
 
-    def _admit(self, items: list[_Item]) -> None:
+    def _admit(self, generating: list[tuple[_Item, GenerationSettings]]) -> None:
         """Prefill new generation items into the running batch (as many as it has room for;
         the rest wait for the next iteration)."""
         room = max(0, self.max_rows - len(self.batch))
-        for item in items[room:]:
+        for item, _ in generating[room:]:
             self.waiting.put(item)
-        items = items[:room]
-        if not items:
+        generating = generating[:room]
+        if not generating:
             return
+        items = [item for item, _ in generating]
         examples = self.predictor.examples([item.request for item in items])
         rows = self.predictor.model.encode(examples, with_target=False)
-        entries = [Generating(row, self.predictor.budget(item.request), on_done=self._answer(item),
+        entries = [Generating(row, settings, on_done=self._answer(item),
                               on_token=self._streamer(item.on_piece) if item.on_piece else None)
-                   for row, item in zip(rows, items)]
+                   for row, (item, settings) in zip(rows, generating)]
         self.running.update({id(entry): (entry, item) for entry, item in zip(entries, items)})
         self.batch.join(entries)
 

@@ -29,6 +29,7 @@ from alter.serve.guards import error_response, install_guards
 from alter.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from alter.serve.metrics import ServerMetrics
 from alter.serve.predictor import Predictor, RequestError
+from alter.serve.requests import RequestedGeneration
 from alter.serve.scheduler import QueueFull
 from alter.serve.streaming import stream_events
 
@@ -50,13 +51,12 @@ class ServeConfig(BaseModel):
     api_key_env: str = "ALTER_API_KEY"  # when this variable is set, requests need its bearer token
 
 
-class Item(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Item(RequestedGeneration):
+    """One request item: a task's inputs and, for a generation, what it asks of the writing."""
 
     task: str
     inputs: dict[str, str]
     stream: bool = False  # a generation, alone in its request, answered as server-sent events
-    max_new_tokens: int | None = Field(default=None, ge=1)  # a generation's budget, at most the server's
 
 
 class PredictBody(BaseModel):
@@ -81,8 +81,9 @@ class PredictEndpoint:
                 if len(text) > config.max_input_chars:
                     return error_response(422, f"requests.{index}.inputs.{name}: over {config.max_input_chars} "
                                                "characters")
-        try:
-            predictor.examples(items)  # validate before queueing
+        try:  # validate before queueing
+            predictor.examples(items)
+            predictor.settings(items)
         except RequestError as error:
             return error_response(422, str(error).replace("request ", "requests.", 1))
         streamed = [item.pop("stream") for item in items]
@@ -157,7 +158,7 @@ def _publish_contract(app: FastAPI, predictor: Predictor, config: ServeConfig) -
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             schema["paths"]["/v1/predict"]["post"].update(
-                predict_openapi(predictor.model.tasks, config.max_items, config.max_input_chars))
+                predict_openapi(predictor.model.tasks, config.max_items, config.max_input_chars, predictor.max_beams))
             for unused in ("PredictBody", "Item", "HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(unused, None)
             app.openapi_schema = schema

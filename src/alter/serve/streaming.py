@@ -5,6 +5,9 @@ stream. A client that disconnects cancels its request, and its row leaves the ba
     data: {"piece": "Person1 asks"}
     data: {"piece": " for the way"}
     data: {"result": {"task": "dialogsum", "prediction": "Person1 asks for the way ...", ...}}
+
+A generation that fails after the stream began ends it with `data: {"error": "..."}` (its
+status, 200, was sent with the first byte).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ async def stream_events(batcher, item: dict[str, Any]) -> AsyncIterator[str]:
             waiting.cancel()
             while not pieces.empty():  # pieces were queued before the answer
                 yield event({"piece": pieces.get_nowait()})
-            yield event({"result": answer.result()})
+            error = answer.exception()
+            yield event({"error": f"the generation failed: {error}"} if error else {"result": answer.result()})
             return
     finally:
         if not future.done():  # the client went away

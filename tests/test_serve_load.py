@@ -1,0 +1,53 @@
+"""bench/serve_load.py's open loop: both schedulers under Poisson arrivals on a tiny model,
+the JSON that docs/results/serve-open-loop.json keeps, and when a rate counts as sustained."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alter.model import MTAModel
+from tests.conftest import model_config
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+from open_loop import Outcome, Window  # noqa: E402 - bench/ is scripts, not a package
+
+
+def test_both_schedulers_run_at_a_fixed_rate_and_report_per_task(registry, tmp_path):
+    MTAModel(model_config("tiny-llama"), [registry.get(n) for n in ("sst2", "rte", "dialogsum")]).save(tmp_path / "m")
+    out = subprocess.run([sys.executable, str(BENCH / "serve_load.py"), str(tmp_path / "m"), "--rate", "2",
+                          "--seconds", "4", "--per-task", "2", "--json"],
+                         capture_output=True, text=True, timeout=600, check=True)
+    result = json.loads(out.stdout)
+    assert [run["scheduler"] for run in result["runs"]] == ["static", "continuous"]
+    for run in result["runs"]:
+        assert run["errors"] == 0 and run["answered"] == run["sent"] > 0
+        assert set(run["tasks"]) == {"sst2", "rte", "dialogsum"}
+        assert all(set(figures) >= {"p50", "p90", "p99"} for figures in run["tasks"].values())
+        assert run["streamed"] > 0 and run["ttft_p50"] > 0  # every other summary streams
+
+
+def window_of(latencies: list[float], seconds: float = 30.0) -> Window:
+    spacing = seconds / len(latencies)
+    return Window(1 / spacing, seconds, [Outcome("sst2", i * spacing, latency, status=200)
+                                         for i, latency in enumerate(latencies)])
+
+
+@pytest.mark.parametrize("latencies,sustained", [
+    ([1.0] * 30, True),
+    ([1.0 + 0.4 * i for i in range(30)], False),  # every request waits longer: the queue grows
+    ([1.0] * 29 + [40.0], False),  # the last answer comes long after the window
+])
+def test_a_rate_is_sustained_when_the_queue_stays_bounded(latencies, sustained):
+    assert window_of(latencies).sustained() is sustained
+
+
+def test_a_failed_request_means_not_sustained():
+    window = window_of([1.0] * 30)
+    window.outcomes[3].latency, window.outcomes[3].status = None, 503
+    assert not window.sustained() and window.summary()["statuses"] == [503]
