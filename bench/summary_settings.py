@@ -72,10 +72,10 @@ def main() -> None:
         print(f"{json.dumps(result['settings']):60s} loops {result['looping']:3d}/{result['of']}  "
               f"ROUGE-L {result['rougeL']:5.2f}  ROUGE-1 {result['rouge1']:5.2f}  "
               f"words {result['mean_words']:5.1f}  {result['seconds']:6.1f} s", flush=True)
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"checkpoint": args.checkpoint, "task": args.task, "split": args.split, "n": args.n,
-                       "seed": args.seed, "results": results}, out, indent=1)
+        if args.json:  # after every candidate: an interrupted run keeps what it measured
+            with open(args.json, "w") as out:
+                json.dump({"checkpoint": args.checkpoint, "task": args.task, "split": args.split, "n": args.n,
+                           "seed": args.seed, "results": results}, out, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from alter.card import write_model_card
 from alter.config import Config, ConfigError
 from alter.data.prepare import load_tasks
 from alter.data.task import Task, TaskSpec
@@ -71,6 +72,8 @@ def test_a_tasks_settings_are_saved_with_the_model_and_used(model, tmp_path):
     ids = loaded.head.generate_ids(loaded.backbone, rows, loaded.tokenizer,
                                    GenerationSettings(max_new_tokens=3, num_beams=1, no_repeat_ngram_size=2))
     assert ids.shape[1] <= 3 and text == loaded.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+    card = write_model_card(tmp_path / "model", loaded).read_text()
+    assert "| dialogsum | generation | dialogue | text (max_new_tokens 3, no_repeat_ngram_size 2) |" in card
 
 
 def test_a_request_overrides_its_tasks_settings_within_the_servers_limits(model):

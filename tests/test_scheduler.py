@@ -105,4 +105,5 @@ def test_each_request_writes_under_its_own_settings_as_static_batching_does(pred
     finally:
         scheduler.stop()
     assert_same_answers(answers, predictor.predict(requests))
+    assert_same_answers(answers, [predictor.predict([request])[0] for request in requests])  # each alone
     assert len({answer["prediction"] for answer in answers if answer["task"] == "dialogsum"}) > 1

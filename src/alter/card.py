@@ -78,11 +78,18 @@ def _task_table(tasks: list[Task], scores: dict[str, dict[str, float]]) -> list[
     rows = ["| task | kind | inputs | answers | main metric | score (0-100) |", "|---|---|---|---|---|---|"]
     for task in tasks:
         answers = (", ".join(task.spec.labels) if task.kind == "classification"
-                   else "a score in [{}, {}]".format(*task.spec.score_range) if task.kind == "regression" else "text")
+                   else "a score in [{}, {}]".format(*task.spec.score_range) if task.kind == "regression"
+                   else _writes(task))
         score = scores.get(task.name, {}).get(task.main_metric)
         rows.append(f"| {task.name} | {task.kind} | {', '.join(task.spec.inputs)} | {answers} | {task.main_metric} | "
                     f"{'–' if score is None else f'{100 * score:.1f}'} |")
     return rows
+
+
+def _writes(task: Task) -> str:
+    """A generation task's answer: text, and the settings it is written with."""
+    settings = task.spec.generation.model_dump(exclude_none=True) if task.spec.generation else {}
+    return "text" + (f" ({', '.join(f'{key} {value}' for key, value in settings.items())})" if settings else "")
 
 
 def _usage(task: Task) -> list[str]:
