@@ -123,6 +123,13 @@ class Serving:
         self.url = f"http://127.0.0.1:{self.port}/v1/predict"
         return self
 
+    def warm_up(self, requests: list[dict]) -> None:
+        """One request of each kind before a measured window (a new server's first passes
+        pay one-off costs), as serving benchmarks warm up."""
+        kinds = {(item["task"], bool(item.get("stream"))): item for item in requests}
+        for item in kinds.values():
+            httpx.post(self.url, json={"requests": [item]}, timeout=600).raise_for_status()
+
     def __exit__(self, *_) -> None:
         self.server.terminate()
         self.server.wait(timeout=60)
@@ -149,10 +156,15 @@ def open_loop_runs(args, log) -> dict:
     requests = sample_requests(args.checkpoint, per_task=args.per_task, stream_every=2)
     capacity: dict[str, float] = {}
     probes: dict[str, list] = {}
-    if args.rate is None:
+    if args.capacity_from:  # the capacities a previous run of this script found
+        earlier = json.loads(Path(args.capacity_from).read_text())
+        capacity, probes = earlier["capacity_rps"], earlier["probes"]
+        rates = {load: load * capacity["static"] for load in (0.5, 0.8)}
+    elif args.rate is None:
         for scheduler in SCHEDULERS:
             log(f"capacity of the {scheduler} scheduler ({args.probe_seconds:.0f} s per probe)")
             with Serving(args.checkpoint, "--scheduler", scheduler) as server:
+                server.warm_up(requests)
                 capacity[scheduler], probes[scheduler] = find_capacity(
                     server.url, requests, args.start_rate, args.probe_seconds, args.bisections, log)
         rates = {load: load * capacity["static"] for load in (0.5, 0.8)}
@@ -162,13 +174,14 @@ def open_loop_runs(args, log) -> dict:
     for load, rate in rates.items():
         for scheduler in SCHEDULERS:
             with Serving(args.checkpoint, "--scheduler", scheduler) as server:
+                server.warm_up(requests)
                 window = asyncio.run(run_window(server.url, requests, rate, args.seconds, seed=100))
             runs.append({"scheduler": scheduler, "load": load, **window.summary()})
             log(f"{scheduler:>10} at {rate:.3f} req/s: " + ", ".join(
                 f"{task} p50 {v['p50']} s" for task, v in runs[-1]["tasks"].items())
                 + f"; ttft p50 {runs[-1]['ttft_p50']} s; errors {runs[-1]['errors']}")
     result = {"checkpoint": str(args.checkpoint), "capacity_rps": capacity, "runs": runs, "probes": probes,
-              "seconds": args.seconds}
+              "seconds": args.seconds, **({"capacity_from": args.capacity_from} if args.capacity_from else {})}
     if args.soak:
         result["soak"] = soak(args, requests, 0.5 * capacity.get("static", args.rate or 0), log)
     return result
@@ -179,6 +192,8 @@ def soak(args, requests: list[dict], rate: float, log) -> dict:
     log(f"soak: the continuous scheduler at {rate:.3f} req/s for {args.soak:.0f} s")
     samples: list[tuple[float, float]] = []  # (seconds, MB)
     with Serving(args.checkpoint, "--scheduler", "continuous") as server:
+        server.warm_up(requests)
+
         async def watched() -> Window:
             window = asyncio.create_task(run_window(server.url, requests, rate, args.soak, seed=200))
             began = time.perf_counter()
@@ -202,6 +217,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="closed loop")
     parser.add_argument("--seconds", type=float, default=180, help="each run's window (closed loop: 30 is plenty)")
     parser.add_argument("--rate", type=float, help="open loop: this rate only, both schedulers (no capacity search)")
+    parser.add_argument("--capacity-from", help="open loop: take the capacities from this earlier --json output")
     parser.add_argument("--start-rate", type=float, default=0.1, help="capacity search: the first probe's rate")
     parser.add_argument("--probe-seconds", type=float, default=60)
     parser.add_argument("--bisections", type=int, default=3)

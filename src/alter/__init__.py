@@ -30,6 +30,7 @@ _EXPORTS = {
     "DataConfig": "alter.config",
     "Task": "alter.data.task",
     "TaskSpec": "alter.data.task",
+    "GenerationSettings": "alter.generation",
     "train": "alter.library",
     "TrainResult": "alter.library",
     "Report": "alter.evaluate.report_data",
@@ -40,8 +41,8 @@ _EXPORTS = {
 _RENAMED = {"Stage": "StageConfig", "LoraConfig": "SharedLoraConfig", "load": "load_model"}
 
 __all__ = [  # the names of _EXPORTS, spelt out for linters and `from alter import *`
-    "DataConfig", "EvalConfig", "LoraConfig", "MTAConfig", "MTAModel", "ModelConfig", "Report", "Stage", "Task",
-    "TaskSpec", "TrainResult", "TrainableModel", "__version__", "load", "resolve_backbone", "train",
+    "DataConfig", "EvalConfig", "GenerationSettings", "LoraConfig", "MTAConfig", "MTAModel", "ModelConfig", "Report",
+    "Stage", "Task", "TaskSpec", "TrainResult", "TrainableModel", "__version__", "load", "resolve_backbone", "train",
 ]
 
 
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from alter.config import StageConfig as Stage
     from alter.data.task import Task, TaskSpec
     from alter.evaluate.report_data import Report
+    from alter.generation import GenerationSettings
     from alter.library import TrainResult, train
     from alter.model import MTAModel
     from alter.mta.config import MTAConfig
