@@ -155,6 +155,8 @@ def test_results_carry_seeds_paired_intervals_and_trivial_scores(seeded):
         assert paired["tasks"] == ["rte", "stsb"], name  # the auxiliary qnli is never scored
         low, high = paired["ci95"]
         assert low <= paired["macro_diff"] <= high, name
+    assert systems["single_lora"]["paired_vs_mta"]["seeds"] == [0]  # mta on seed 0 only, as single_lora
+    assert "seeds" not in systems["mta_stage1"]["paired_vs_mta"]  # the same seeds: pooled
     assert results["stage2_gain"]["after"] == "mta_stage1"
     gain = systems["softmax_gates"]["gain_over_start"]  # the variant minus mta after stage 1, seed 0 alone
     assert (gain["after"], gain["seeds"]) == ("mta_stage1", [0])

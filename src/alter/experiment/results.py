@@ -54,21 +54,35 @@ def _kept_predictions(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> 
             if records and all(r is not None for r in records.values())}
 
 
-def _paired_between(kept: Kept, a: str, b: str, same_seeds: bool = False) -> dict[str, Any] | None:
-    """A's macro minus B's on the tasks both have, each over its seeds (with `same_seeds`, B
-    over A's seeds only); None without predictions."""
-    if a not in kept or b not in kept or (same_seeds and not kept[a].keys() <= kept[b].keys()):
+def _paired_between(kept: Kept, a: str, b: str, seeds: list[int] | None = None) -> dict[str, Any] | None:
+    """A's macro minus B's on the tasks both have, each over all its seeds, or both over
+    `seeds`; None without predictions or when one of them lacks one of `seeds`."""
+    if a not in kept or b not in kept or (seeds is not None and not set(seeds) <= kept[a].keys() & kept[b].keys()):
         return None
-    runs_a = list(kept[a].values())
-    runs_b = [kept[b][seed] for seed in kept[a]] if same_seeds else list(kept[b].values())
+    runs_a = [kept[a][seed] for seed in seeds] if seeds is not None else list(kept[a].values())
+    runs_b = [kept[b][seed] for seed in seeds] if seeds is not None else list(kept[b].values())
     tasks = [task for task in runs_a[0] if all(task in run for run in runs_b)]
-    return paired_bootstrap(runs_a, runs_b, tasks) if tasks else None
+    if not tasks:
+        return None
+    return {**paired_bootstrap(runs_a, runs_b, tasks), **({"seeds": seeds} if seeds is not None else {})}
 
 
 def _paired(kept: Kept, reference: str) -> dict[str, dict]:
-    """Every system's paired bootstrap against the reference system, on the tasks both have."""
-    paired = {name: _paired_between(kept, reference, name) for name in kept if name != reference}
-    return {name: result for name, result in paired.items() if result is not None}
+    """Every system's paired bootstrap against the reference system, on the tasks both have:
+    seeds pooled when both ran the same seeds, else on the seeds both ran (the mean of three
+    seeds against one seed would mix the seeds' spread into the difference)."""
+    paired = {}
+    for name in kept:
+        if name == reference or reference not in kept:
+            continue
+        shared = sorted(kept[reference].keys() & kept[name].keys())
+        same = kept[reference].keys() == kept[name].keys()
+        if not same and not shared:
+            continue
+        result = _paired_between(kept, reference, name, None if same else shared)
+        if result is not None:
+            paired[name] = result
+    return paired
 
 
 def _gains_over_start(config: ExperimentConfig, kept: Kept) -> dict[str, dict]:
@@ -82,7 +96,7 @@ def _gains_over_start(config: ExperimentConfig, kept: Kept) -> dict[str, dict]:
             continue
         for other, candidate in config.systems.items():
             if candidate.kind == "after_stage" and (candidate.of, candidate.stage) == (start.system, start.stage):
-                gain = _paired_between(kept, name, other, same_seeds=True)
+                gain = _paired_between(kept, name, other, seeds=sorted(kept[name]))
                 if gain is not None:
                     gains[name] = {"of": name, "after": other, "seeds": sorted(kept[name]), **gain}
     return gains
@@ -200,7 +214,9 @@ def format_difference(paired: dict[str, Any] | None, significant: str = "**{}**"
         return "–"
     low, high = paired["ci95"]
     text = f"{paired['macro_diff']:+.1f} [{low:+.1f}, {high:+.1f}]"
-    return significant.format(text) if excludes_zero(paired) else text
+    text = significant.format(text) if excludes_zero(paired) else text
+    seeds = paired.get("seeds")  # compared on the seeds both systems ran
+    return text + (f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if seeds else "")
 
 
 def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
