@@ -85,7 +85,8 @@ def test_a_request_overrides_its_tasks_settings_within_the_servers_limits(model)
     (sampled,) = predictor.settings([{**SUMMARY, "temperature": 0.5}])
     assert sampled.seed is not None  # a sample's own seed: the same whichever path writes it
     for request, message in [({**SUMMARY, "num_beams": 3}, "num_beams 3 is over the server's 2"),
-                             ({**SUMMARY, "num_beams": 2, "temperature": 0.5}, "writes one beam"),
+                             ({**SUMMARY, "num_beams": 2, "temperature": 0.5},
+                              r"^request 0: sampling \(temperature > 0\) writes one beam"),
                              ({"task": "sst2", "inputs": {"sentence": "fine"}, "num_beams": 2},
                               "num_beams: task sst2 does not generate")]:
         with pytest.raises(RequestError, match=message):

@@ -49,10 +49,7 @@ class GenerationSettings(BaseModel):
         mine = self.model_dump(exclude_none=True)
         if self.samples and self.num_beams is None:
             mine["num_beams"] = 1  # asking for a sample asks for one beam
-        try:
-            return GenerationSettings(**{**base.model_dump(exclude_none=True), **mine})
-        except ValidationError as error:  # the two levels together ask for what cannot be (beams and a sample)
-            raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        return settings_from({**base.model_dump(exclude_none=True), **mine})
 
     @property
     def samples(self) -> bool:
@@ -69,3 +66,12 @@ class GenerationSettings(BaseModel):
         if self.samples and self.seed is None:
             return self.model_copy(update={"seed": secrets.randbelow(2**31)})
         return self
+
+
+def settings_from(fields: dict) -> GenerationSettings:
+    """Settings from plain fields; what cannot be (beams and a sample together) is a
+    ValueError with pydantic's message alone."""
+    try:
+        return GenerationSettings(**fields)
+    except ValidationError as error:
+        raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None

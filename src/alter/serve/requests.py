@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from alter.generation import MIN_TEMPERATURE, GenerationSettings, checked_temperature
+from alter.generation import MIN_TEMPERATURE, GenerationSettings, checked_temperature, settings_from
 
 # An input field must hold a character that is not white space, by one definition for the
 # server and the published schema: Python's str.isspace and ECMAScript's \s together (they
@@ -47,4 +47,4 @@ FIELDS = tuple(RequestedGeneration.model_fields)
 def requested_settings(request: Mapping[str, Any]) -> GenerationSettings | None:
     """The generation settings an (already validated) request item asks for; None: none."""
     asked = {name: request[name] for name in FIELDS if request.get(name) is not None}
-    return GenerationSettings(**asked) if asked else None
+    return settings_from(asked) if asked else None
