@@ -13,7 +13,6 @@ does not depend on the other rows of its batch either.
 from __future__ import annotations
 
 import contextlib
-import secrets
 
 import torch
 from transformers import (
@@ -91,7 +90,7 @@ class TokenChooser:
 
 
 def _seed(settings: GenerationSettings) -> int:
-    return settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+    return settings.with_seed().seed  # the settings' own, or one drawn as a request's would be
 
 
 class _WrittenOnly:

@@ -29,7 +29,7 @@ class Predictor:
         """`max_new_tokens`, `num_beams`: what a generation writes where neither its task nor
         its request says; `max_new_tokens` and `max_beams` bound what they may ask."""
         self.model = model.eval()
-        self.batch_size, self.max_new_tokens, self.num_beams = batch_size, max_new_tokens, num_beams
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.max_beams = max(max_beams, num_beams)
         self.defaults = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams)
         self.tokens_generated = 0  # tokens written by generations (GET /metrics)
