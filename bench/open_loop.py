@@ -70,7 +70,28 @@ class Window:
             "errors": self.errors, "statuses": sorted({o.status for o in self.outcomes if o.status != 200},
                                                       key=str),
             "sustained": self.sustained(),
+            "latencies": [[o.task, round(o.sent_at, 3), None if o.latency is None else round(o.latency, 3)]
+                          for o in self.outcomes],  # (task, sent at, seconds) of every request
         }
+
+
+def paired_p50_difference(base: Window, other: Window, task: str, resamples: int = 2000,
+                          seed: int = 0) -> dict | None:
+    """`other`'s p50 minus `base`'s for `task`, in seconds, with a 95% bootstrap interval:
+    both windows sent the same requests at the same times (the same seed), so request i of
+    one is request i of the other and a resample draws the same requests from both."""
+    pairs = [(a.latency, b.latency) for a, b in zip(base.outcomes, other.outcomes)
+             if a.task == task and a.latency is not None and b.latency is not None]
+    if not pairs:
+        return None
+    rng = random.Random(seed)
+    differences = []
+    for _ in range(resamples):
+        drawn = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        differences.append(quantile([b for _, b in drawn], 0.5) - quantile([a for a, _ in drawn], 0.5))
+    return {"p50_diff": round(quantile([b for _, b in pairs], 0.5) - quantile([a for a, _ in pairs], 0.5), 3),
+            "ci95": [round(quantile(differences, 0.025), 3), round(quantile(differences, 0.975), 3)],
+            "n": len(pairs)}
 
 
 def quantile(values: list[float], q: float) -> float:

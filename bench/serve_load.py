@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
-from open_loop import Window, find_capacity, run_window
+from open_loop import Window, find_capacity, paired_p50_difference, run_window
 
 from alter.data.task import Task, TaskSpec, data_root
 
@@ -170,18 +170,26 @@ def open_loop_runs(args, log) -> dict:
         rates = {load: load * capacity["static"] for load in (0.5, 0.8)}
     else:
         rates = {None: args.rate}
-    runs = []
+    runs, paired = [], []
     for load, rate in rates.items():
+        windows = {}
         for scheduler in SCHEDULERS:
             with Serving(args.checkpoint, "--scheduler", scheduler) as server:
                 server.warm_up(requests)
-                window = asyncio.run(run_window(server.url, requests, rate, args.seconds, seed=100))
-            runs.append({"scheduler": scheduler, "load": load, **window.summary()})
+                windows[scheduler] = asyncio.run(run_window(server.url, requests, rate, args.seconds, seed=100))
+            runs.append({"scheduler": scheduler, "load": load, **windows[scheduler].summary()})
             log(f"{scheduler:>10} at {rate:.3f} req/s: " + ", ".join(
                 f"{task} p50 {v['p50']} s" for task, v in runs[-1]["tasks"].items())
                 + f"; ttft p50 {runs[-1]['ttft_p50']} s; errors {runs[-1]['errors']}")
-    result = {"checkpoint": str(args.checkpoint), "capacity_rps": capacity, "runs": runs, "probes": probes,
-              "seconds": args.seconds, **({"capacity_from": args.capacity_from} if args.capacity_from else {})}
+        tasks = sorted({o.task for o in windows["static"].outcomes})
+        paired.append({"load": load, "continuous_minus_static": {
+            task: paired_p50_difference(windows["static"], windows["continuous"], task) for task in tasks}})
+        log(f"continuous - static p50 at {rate:.3f} req/s: " + ", ".join(
+            f"{task} {d['p50_diff']:+.3f} s [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+            for task, d in paired[-1]["continuous_minus_static"].items() if d))
+    result = {"checkpoint": str(args.checkpoint), "capacity_rps": capacity, "runs": runs, "paired": paired,
+              "probes": probes, "seconds": args.seconds,
+              **({"capacity_from": args.capacity_from} if args.capacity_from else {})}
     if args.soak:
         result["soak"] = soak(args, requests, 0.5 * capacity.get("static", args.rate or 0), log)
     return result

@@ -15,7 +15,7 @@ from tests.conftest import model_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
-from open_loop import Outcome, Window  # noqa: E402 - bench/ is scripts, not a package
+from open_loop import Outcome, Window, paired_p50_difference  # noqa: E402 - bench/ is scripts, not a package
 
 
 def test_both_schedulers_run_at_a_fixed_rate_and_report_per_task(registry, tmp_path):
@@ -30,6 +30,8 @@ def test_both_schedulers_run_at_a_fixed_rate_and_report_per_task(registry, tmp_p
         assert set(run["tasks"]) == {"sst2", "rte", "dialogsum"}
         assert all(set(figures) >= {"p50", "p90", "p99"} for figures in run["tasks"].values())
         assert run["streamed"] > 0 and run["ttft_p50"] > 0  # every other summary streams
+    (paired,) = result["paired"]  # the same requests under both schedulers, task by task
+    assert set(paired["continuous_minus_static"]) == {"sst2", "rte", "dialogsum"}
 
 
 def window_of(latencies: list[float], seconds: float = 30.0, tasks=("sst2",)) -> Window:
@@ -59,3 +61,12 @@ def test_a_failed_request_means_not_sustained():
     window = window_of([1.0] * 30)
     window.outcomes[3].latency, window.outcomes[3].status = None, 503
     assert not window.sustained() and window.summary()["statuses"] == [503]
+
+
+def test_paired_p50_difference_compares_the_same_requests():
+    static = window_of([1.0, 2.0, 3.0, 4.0, 5.0] * 6)
+    slower = window_of([1.5, 2.5, 3.5, 4.5, 5.5] * 6)
+    difference = paired_p50_difference(static, slower, "sst2")
+    assert difference["p50_diff"] == 0.5 and difference["n"] == 30
+    assert difference["ci95"][0] <= 0.5 <= difference["ci95"][1]
+    assert paired_p50_difference(static, slower, "rte") is None  # no such requests

@@ -60,8 +60,11 @@ class DecodeBatch:
         self.backbone, self.pad_id, self.eos_id = backbone, pad_id, eos_id
         self.pooling_layers = [layer.index for layer in mta_layers if layer.gate.uses_input]
         # transformers 5.x names the cache argument `cache` (`past_key_values` goes in 5.40).
-        self.cache_argument = "cache" if "cache" in inspect.signature(backbone.forward).parameters \
-            else "past_key_values"
+        parameters = inspect.signature(backbone.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        # A prefill needs the logits of its last position only (as in `generate`): the LM head
+        # over every prompt position would be a fifth of a SmolLM2 prefill's work.
+        self.last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
         self.rows: list[Generating] = []
         self.cache: DynamicCache | None = None
         self.mask = torch.zeros(0, 0, dtype=torch.long)  # (B, T): 1 where a position is real
@@ -86,7 +89,7 @@ class DecodeBatch:
         task_ids = torch.tensor([entry.row.task_id for entry in new], device=self.device)
         with routing(task_ids, {"main": mask}) as context:
             output = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask),
-                                   use_cache=True)
+                                   use_cache=True, **self.last_logits_only)
             pooled = {index: context.pooled_cache[index] for index in self.pooling_layers}
         for entry in new:
             if not entry.settings.greedy_only:
