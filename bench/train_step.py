@@ -61,12 +61,14 @@ def full_model(location: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter]
     return model, list(model.parameters())
 
 
-def step_function(model: torch.nn.Module, params: list[torch.nn.Parameter], routed: bool) -> Callable[[], float]:
+def step_function(model: torch.nn.Module, params: list[torch.nn.Parameter], routed: bool,
+                  tasks: int = TASKS) -> Callable[[], float]:
+    """One timed training step (seconds) on a mixed batch of `tasks` tasks (row i: task i mod tasks)."""
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     vocab = min(40000, model.config.vocab_size)
     input_ids = torch.randint(100, vocab, (BATCH, LENGTH), generator=generator)  # (B, T)
-    task_ids = torch.arange(BATCH) % TASKS  # a mixed-task batch
+    task_ids = torch.arange(BATCH) % tasks  # a mixed-task batch
 
     def step() -> float:
         started = time.perf_counter()

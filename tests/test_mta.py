@@ -120,7 +120,8 @@ def test_residual_stage2_starts_from_the_stage1_model(registry, samples, backbon
         stage1 = model(rows)
     trainable = prepare_stage(model, StageConfig(kind="stage2"))
     model.eval()
-    assert torch.equal(model(rows).detach(), stage1)
+    # Stage 1 computes each row's own expert alone, stage 2 every expert: equal up to rounding.
+    torch.testing.assert_close(model(rows).detach(), stage1, atol=1e-6, rtol=1e-6)
     assert torch.equal(model.task_gate_weights()[0], torch.eye(len(tasks)))
     model(rows).mean().backward()
     logits = [param for name, param in trainable.items() if name.endswith("task_logits")]
@@ -227,7 +228,8 @@ def test_residual_stage2_learns_how_much_each_task_takes_from_the_shared_expert(
         stage1 = model(rows)
     trainable = prepare_stage(model, StageConfig(kind="stage2"))
     model.eval()
-    assert torch.equal(model(rows).detach(), stage1)  # the shared expert still at weight 1
+    # The shared expert still at weight 1 (up to rounding: stage 1 computed two experts, stage 2 all).
+    torch.testing.assert_close(model(rows).detach(), stage1, atol=1e-6, rtol=1e-6)
     start = torch.cat([torch.eye(len(tasks)), torch.ones(len(tasks), 1)], dim=1)  # (tasks, K + 1)
     assert torch.equal(model.task_gate_weights()[0], start)
     model(rows).mean().backward()

@@ -135,6 +135,10 @@ class StageConfig(_Strict):
     # `routed_share`, each at `lr` times the share of the batch's rows routed to it in
     # stage 1 (a shared expert: all of them), as if it trained on its rows alone.
     expert_lr: Literal["same", "routed_share"] = "same"
+    # After the stage (stage2, joint): every row keeps its `prune_to` largest gate weights,
+    # renormalised, so that it computes that many experts however many there are; the
+    # model is scored before pruning as well (`after_<stage>_unpruned`).
+    prune_to: int | None = Field(default=None, ge=1)
     eval_every: int | None = Field(default=None, ge=1)
     save_every: int = Field(default=50, ge=1)
     log_every: int = Field(default=10, ge=1)
@@ -146,6 +150,12 @@ class StageConfig(_Strict):
     @property
     def label(self) -> str:
         return self.name or self.kind
+
+    @model_validator(mode="after")
+    def _prune_learned_gates(self) -> StageConfig:
+        if self.prune_to is not None and self.kind == "stage1":
+            raise ValueError("prune_to: stage-1 gates draw on one expert already; prune after stage2 or joint")
+        return self
 
 
 class EvalConfig(_Strict):

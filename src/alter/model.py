@@ -207,6 +207,11 @@ class MTAModel(nn.Module):
             if tied:
                 layer.gate.tie_to(self.mta_layers[0].gate)
 
+    def prune_gates(self, kept: int) -> None:
+        """Every row draws on its `kept` largest gate weights in every layer (`TaskGate.prune`)."""
+        for layer in self.mta_layers:
+            layer.gate.prune(kept)
+
     @torch.no_grad()
     def task_gate_weights(self) -> torch.Tensor:
         """Task-level gate weights of every MTA layer, (L, tasks, K) (input router left out)."""

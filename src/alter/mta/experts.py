@@ -4,6 +4,11 @@ Three kinds share the gate weights of their MTA layer, `gates` (B, K):
 - `BottleneckExperts`: parallel adapters on the FFN input, added to the FFN output.
 - `LoRAExpertLinear`: K low-rank updates of one linear layer inside the FFN.
 - `FFNCopyExperts`: K full copies of the pretrained FFN that replace it (ALTER's released code).
+
+The low-rank kinds compute, per row, only the experts its gate selects when the gate says
+every row weighs at most m < K of them (`TaskGate.most_selected`: one in stage 1, `top_k`,
+pruned gates): each row's m experts are gathered and applied in one batched matmul, so a
+row costs the same whatever K is (`low_rank_mixture`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,35 @@ class ExpertModule(nn.Module):
         return list(self.parameters())
 
 
+def low_rank_mixture(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, gates: torch.Tensor,
+                     selected: torch.Tensor | None, act: nn.Module | None = None) -> torch.Tensor:
+    """sum_k gates[:, k] * act(x @ first_k) @ second_k.
+
+    x (B, ..., in), first (K, in, r), second (K, r, out), gates (B, K) -> (B, ..., out).
+    `selected` (B, m): the experts each row draws on (among them every expert its gate weighs
+    non-zero), computed alone; None: every expert, for every row.
+    """
+    batch, in_features, out_features = x.shape[0], x.shape[-1], second.shape[-1]
+    rank = first.shape[-1]
+    flat = x.reshape(batch, -1, in_features).to(first.dtype)  # (B, L, in)
+    if selected is None:
+        experts = first.shape[0]
+        h = flat @ first.permute(1, 0, 2).reshape(in_features, experts * rank)  # (B, L, K*r)
+        weights = gates  # (B, K)
+    else:
+        experts = selected.shape[1]
+        first, second = first[selected], second[selected]  # (B, m, in, r), (B, m, r, out)
+        h = flat @ first.permute(0, 2, 1, 3).reshape(batch, in_features, experts * rank)  # (B, L, m*r)
+        weights = gates.gather(1, selected)  # (B, m)
+    if act is not None:
+        h = act(h)
+    h = h.view(batch, -1, experts, rank) * weights[:, None, :, None].to(h.dtype)  # (B, L, m, r)
+    h = h.reshape(batch, -1, experts * rank)
+    out = h @ (second.reshape(experts * rank, out_features) if selected is None
+               else second.reshape(batch, experts * rank, out_features))  # (B, L, out)
+    return out.reshape(*x.shape[:-1], out_features).to(x.dtype)
+
+
 class BottleneckExperts(ExpertModule):
     """E_k(x) = up_k(act(down_k(x))); up is zero so a fresh model equals its backbone."""
 
@@ -32,22 +66,18 @@ class BottleneckExperts(ExpertModule):
         self.act = nn.GELU()
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d), gates (B, K) -> sum_k gates[:, k] * E_k(x), (B, T, d)."""
-        batch, length, hidden = x.shape
-        experts, _, rank = self.down.shape
-        down = self.down.permute(1, 0, 2).reshape(hidden, experts * rank)  # (d, K*r)
-        h = self.act(self.dropout(x).to(down.dtype) @ down)  # (B, T, K*r)
-        h = h.view(batch, length, experts, rank) * gates[:, None, :, None].to(h.dtype)  # (B, T, K, r)
-        out = h.reshape(batch, length, experts * rank) @ self.up.reshape(experts * rank, hidden)
-        return out.to(x.dtype)  # (B, T, d)
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, selected: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d), gates (B, K), selected (B, m) or None -> sum_k gates[:, k] * E_k(x), (B, T, d)."""
+        return low_rank_mixture(self.dropout(x), self.down, self.up, gates, selected, self.act)
 
 
 class GateSlot:
-    """Holds the gate weights of the current call for the LoRA experts of one MTA layer."""
+    """Holds the gate weights of the current call, and the experts each row selects, for
+    the experts of one MTA layer."""
 
     def __init__(self) -> None:
-        self.gates: torch.Tensor | None = None
+        self.gates: torch.Tensor | None = None  # (B, K)
+        self.selected: torch.Tensor | None = None  # (B, m), or None: every expert
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -86,15 +116,9 @@ class LoRAExpertLinear(ExpertModule):
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gates = self.slot.gates  # (B, K), set by the MTA layer before the FFN runs
-        experts, in_features, rank = self.lora_A.shape
-        lead = x.shape[:-1]
-        a = self.lora_A.permute(1, 0, 2).reshape(in_features, experts * rank)  # (in, K*r)
-        h = (self.dropout(x) @ a).view(*lead, experts, rank)  # (B, ..., K, r)
-        gate_shape = (gates.shape[0],) + (1,) * (len(lead) - 1) + (experts, 1)
-        h = h * gates.view(gate_shape).to(h.dtype)  # (B, ..., K, r)
-        delta = h.reshape(*lead, experts * rank) @ self.lora_B.reshape(experts * rank, -1)  # (B, ..., out)
-        return self.base(x) + self.scale * delta
+        # Gate weights (B, K) and selected experts, set by the MTA layer before the FFN runs.
+        delta = low_rank_mixture(self.dropout(x), self.lora_A, self.lora_B, self.slot.gates, self.slot.selected)
+        return self.base(x) + self.scale * delta  # (B, ..., out)
 
 
 class FFNCopyExperts(ExpertModule):

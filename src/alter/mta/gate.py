@@ -20,6 +20,10 @@ class TaskGate(nn.Module):
     softmax((w_t + R(x)) / tau); a `residual` gate returns one-hot(own expert) + w_t + R(x),
     whose learned part starts at 0, so that leaving stage 1 does not change the model.
 
+    A gate pruned to its top `kept` experts (`prune`, after training) keeps each row's
+    `kept` largest weights, scaled to the sum of all of them, and zeroes the rest, so that
+    each row computes `kept` experts whatever K is.
+
     With a shared expert, one more column comes last: weight 1 in stage 1 and under a softmax
     gate (which spreads its weight over the routed experts only); under a residual gate
     1 + s_t, a learned weight per task starting at 0, so stage 2 can also learn how much each
@@ -47,10 +51,27 @@ class TaskGate(nn.Module):
         # Set by `start_collaboration`; saved, so that a loaded model combines its experts as
         # it was trained to. (A checkpoint without it predates residual gates: softmax.)
         self.register_buffer("residual", torch.tensor(True), persistent=True)
+        # Set by `prune`; 0: every expert keeps its weight. (A checkpoint without it: unpruned.)
+        self.register_buffer("kept", torch.tensor(0), persistent=True)
 
     @property
     def uses_input(self) -> bool:
         return self.router is not None and not bool(self.fixed)
+
+    @property
+    def most_selected(self) -> int:
+        """The most columns of the weights (the shared expert's included) that a row may
+        weigh non-zero: one expert in stage 1, `top_k` of a softmax gate, `kept` after
+        pruning, else all."""
+        if bool(self.fixed):
+            routed = 1
+        elif int(self.kept):
+            routed = min(int(self.kept), self.num_experts)
+        elif not bool(self.residual) and self.top_k is not None:
+            routed = min(self.top_k, self.num_experts)
+        else:
+            routed = self.num_experts
+        return routed + int(self.shared_expert)
 
     def stage1_weights(self, task_ids: torch.Tensor) -> torch.Tensor:
         """task_ids (B,) -> the stage-1 gate weights, (B, K) or (B, K + 1) with the shared expert."""
@@ -78,12 +99,33 @@ class TaskGate(nn.Module):
         if self.router is not None:
             logits = logits + self.router(pooled.to(self.router.weight.dtype))
         if bool(self.residual):
-            return self._with_shared(own + logits, task_ids, learned=True)
+            return self._with_shared(self._pruned(own + logits), task_ids, learned=True)
         logits = logits / self.temperature
         if self.top_k is not None and self.top_k < self.num_experts:
             keep = logits.topk(self.top_k, dim=-1).indices  # (B, k); ties broken by index
             logits = torch.full_like(logits, float("-inf")).scatter(-1, keep, logits.gather(-1, keep))
-        return self._with_shared(logits.softmax(dim=-1), task_ids, learned=False)
+        return self._with_shared(self._pruned(logits.softmax(dim=-1)), task_ids, learned=False)
+
+    def _pruned(self, weights: torch.Tensor) -> torch.Tensor:
+        """weights (B, K) -> each row's `kept` largest (by magnitude), scaled to the row's
+        total weight, the rest zero; unchanged when the gate is not pruned."""
+        kept = int(self.kept)
+        if not kept or kept >= self.num_experts:
+            return weights
+        keep = weights.abs().topk(kept, dim=1).indices  # (B, kept)
+        pruned = torch.zeros_like(weights).scatter(1, keep, weights.gather(1, keep))  # (B, K)
+        total, kept_total = weights.sum(1, keepdim=True), pruned.sum(1, keepdim=True)  # (B, 1)
+        # A row whose kept weights cancel out keeps them as they are (no division by ~0).
+        scale = torch.where(kept_total.abs() > 1e-6, total / kept_total.where(kept_total != 0, 1.0), 1.0)
+        return pruned * scale
+
+    @torch.no_grad()
+    def prune(self, kept: int) -> None:
+        """From now on every row draws on its `kept` largest gate weights only (the shared
+        expert, if any, besides them); a stage-1 gate is left as it is (one expert already)."""
+        if kept < 1:
+            raise ValueError(f"a gate keeps at least one expert, not {kept}")
+        self.kept.fill_(kept)
 
     def tie_to(self, other: TaskGate) -> None:
         """Learn through `other`'s task and shared-expert weights (and input router) from now
@@ -106,6 +148,7 @@ class TaskGate(nn.Module):
         if how == "residual" and self.top_k is not None:
             raise ValueError("top_k selects experts of a softmax gate; use collaboration=softmax")
         self.fixed.fill_(False)
+        self.kept.zero_()  # a collaboration learns over every expert
         self.residual.fill_(how == "residual")
         if self.shared_logits is not None:
             self.shared_logits.zero_()

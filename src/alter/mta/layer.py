@@ -69,14 +69,24 @@ class MTALayer(nn.Module):
         return self.gate(task_ids, pooled)
 
     # --- hooks --------------------------------------------------------------------------
+    def selected_experts(self, gates: torch.Tensor) -> torch.Tensor | None:
+        """The experts each row computes, (B, m): those of its m largest weights when the
+        gate weighs at most m of its K columns non-zero in every row and m < K; None (every
+        expert, one dense matmul) when the gate is dense."""
+        most = self.gate.most_selected
+        if most >= gates.shape[1]:
+            return None
+        return gates.abs().topk(most, dim=1).indices  # (B, m)
+
     def before_experts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         x = _first_tensor(args, kwargs)
         self.slot.gates = self.gate_weights(x)
+        self.slot.selected = self.selected_experts(self.slot.gates)
         self._ffn_input = x
 
     def after_ffn(self, module: nn.Module, args: tuple, output: Any) -> Any:
         x, self._ffn_input = self._ffn_input, None
-        return output + self.experts(x, self.slot.gates)
+        return output + self.experts(x, self.slot.gates, self.slot.selected)
 
     def forward_copies(self, x: torch.Tensor) -> torch.Tensor:
         """Stands in for the FFN when the experts are FFN copies."""

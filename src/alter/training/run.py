@@ -48,6 +48,9 @@ def run_training(config: Config,
     train_sets, validation = training.train, training.validation
     eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
     model = place(build(config.model, tasks), device, ranks, config.distributed.strategy)
+    for stage in config.stages:
+        if stage.prune_to and not getattr(model, "mta_layers", None):
+            raise ConfigError(f"stage {stage.label}: prune_to prunes MTA gates; this {type(model).__name__} has none")
     run_log = _run_log(config, out, ranks.is_main)
     score = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log)
     before = score("before", "the untrained model")["metrics"] if config.eval.before_training else None
@@ -61,6 +64,11 @@ def run_training(config: Config,
         result = train_stage(model, stage, stage_rows, out / "stages" / stage.label,
                              run_log, seed=config.seed + index, evaluate=score.selection_macro, ranks=ranks)
         stages.append(result)
+        if stage.prune_to:
+            after_stage[f"{stage.label}_unpruned"] = score(f"after_{stage.label}_unpruned",
+                                                           f"the model after {stage.label}, before pruning",
+                                                           stage=stage.label)
+            model.prune_gates(stage.prune_to)
         if config.eval.after_each_stage and index < len(config.stages) - 1:
             after_stage[stage.label] = score(f"after_{stage.label}", f"the model after {stage.label}",
                                              stage=stage.label)
