@@ -5,7 +5,8 @@
 Each benchmark runs in its own process, so that its peak memory (resident set size) is its
 own: bench/train_step.py (training tokens/s of MTA stage 1, stage 2, PEFT LoRA and full
 fine-tuning, interleaved, and each method alone for its memory), bench/inference.py
-(single-task, mixed-task, task-by-task and PEFT mixed-adapter batches) and `alter train
+(single-task, mixed-task, task-by-task and PEFT mixed-adapter batches), bench/task_scaling.py
+(training, forward and generation tokens/s as the number of tasks grows) and `alter train
 bench/ddp.yaml` on 1 process and under torchrun on 2 (the same global batch). Each
 training method's FLOPs per step are set against this machine's measured matrix-multiply
 rate (bench/flops.py).
@@ -76,6 +77,12 @@ def inference(args) -> tuple[dict, float]:
     return last_json(stdout), peak
 
 
+def task_scaling(args) -> dict:
+    stdout, _ = run([PYTHON, str(HERE / "task_scaling.py"), "--json", "--rounds", str(args.rounds),
+                     "--backbone", args.backbone])
+    return last_json(stdout)
+
+
 def processes(args, out: Path) -> dict[str, dict]:
     """Stage 1 of bench/ddp.yaml on 1 process (2 threads) and on 2 (1 thread each)."""
     results = {}
@@ -122,6 +129,12 @@ def table(result: dict) -> str:
     for method, achieved in result["achieved_gflops"].items():
         lines.append(f"| training GFLOP/s achieved, {method} | {achieved:.1f} | {achieved / rate:.0%} of the matmul "
                      "rate |")
+    scaling = result["task_scaling"]
+    for k in map(str, scaling["experts"]):
+        lines.append(f"| {k} tasks: training / forward / generation tokens/s | {scaling['training'][k]:.1f} / "
+                     f"{scaling['forward'][k]:.1f} / {scaling['generation'][k]:.1f} | training "
+                     f"{scaling['training'][k] / scaling['peft_lora']:.3f}x PEFT LoRA, forward "
+                     f"{scaling['forward'][k] / scaling['peft_mixed_16']:.3f}x PEFT's 16-adapter batch |")
     one, two = result["processes"]["1"], result["processes"]["2"]
     lines.append(f"| training tokens/s, 1 process (2 threads) | {one['tokens_per_s']:.1f} | "
                  f"peak {one['peak_gib']:.2f} GiB |")
@@ -141,6 +154,7 @@ def main() -> None:
         memory = training_memory(args)
         speed = training_speed(args)
         infer, infer_peak = inference(args)
+        scaling = task_scaling(args)
         ranks = processes(args, Path(scratch))
     trainable = speed["trainable_params"]
     torch.set_num_threads(speed["threads"])
@@ -158,6 +172,7 @@ def main() -> None:
         "stage2_cost": {"per_step": round(stage1 / stage2, 3),
                         "quickstart_run": round(stage1 / stage2 * QUICKSTART_STEPS["stage2"]
                                                 / QUICKSTART_STEPS["stage1"], 4)},
+        "task_scaling": scaling,
         "processes": ranks,
         "matmul_gflops": round(matmul_gflops(), 1),
         "achieved_gflops": {k: round(v, 1) for k, v in achieved.items()},

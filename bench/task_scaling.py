@@ -150,6 +150,8 @@ def main() -> None:
     if args.only:
         one_step(location, args.only)
         return
+    # Before this process holds any model: a child's peak counts what it shared at the fork.
+    memory = peak_memory(args.experts, args.backbone)
     train_tokens, forward_tokens, new_tokens = BATCH * LENGTH, FORWARD_BATCH * LENGTH, FORWARD_BATCH * NEW_TOKENS
     runs: dict[str, tuple[Callable[[], object], int]] = {}  # name -> (one measured call, its tokens)
     checkpoint_bytes = {}
@@ -177,8 +179,8 @@ def main() -> None:
             call()
             times[name].append(time.perf_counter() - started)
     per_s = {name: runs[name][1] / statistics.median(values) for name, values in times.items()}  # tokens/s
-    result = report(args, per_s, checkpoint_bytes, peak_memory(args.experts, args.backbone),
-                    peft_bytes_per_task(lora))
+    result = report(args, per_s, checkpoint_bytes, memory, peft_bytes_per_task(lora))
+    result["seconds_per_round"] = {name: [round(t, 3) for t in values] for name, values in times.items()}
     if args.json:
         print(json.dumps(result))
         return

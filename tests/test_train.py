@@ -105,6 +105,8 @@ def test_cli_eval_and_predict(finished, tmp_path):
     result = runner.invoke(app, ["eval", model_dir, "--max-eval", "4", "--output", str(tmp_path / "m.json")])
     assert result.exit_code == 0, result.output
     assert set(json.loads((tmp_path / "m.json").read_text())["metrics"]) == {"sst2", "dialogsum"}
+    result = runner.invoke(app, ["eval", model_dir, "--max-eval", "4", "--prune-to", "1"])  # gates pruned first
+    assert result.exit_code == 0, result.output
     requests = tmp_path / "in.jsonl"
     requests.write_text('{"sentence": "a fine film"}\n{"sentence": "dull"}\n')
     result = runner.invoke(app, ["predict", model_dir, "--task", "sst2", "--input", str(requests),

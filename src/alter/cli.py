@@ -152,7 +152,9 @@ def eval_(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
           split: str = "dev", max_eval: Annotated[Optional[int], typer.Option(help="examples per task")] = None,
           data_root: Annotated[Optional[str], typer.Option(help="data folder")] = None,
           output: Annotated[Optional[Path], typer.Option(help="write the metrics as JSON here")] = None,
-          batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48) -> None:
+          batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48,
+          prune_to: Annotated[Optional[int], typer.Option(
+              min=1, help="first prune the MTA gates: each row keeps its K largest gate weights")] = None) -> None:
     """Evaluate a saved model (any system, the Bi-LSTM included) on its tasks."""
     from alter.config import EvalConfig
     from alter.data.prepare import sample
@@ -161,6 +163,10 @@ def eval_(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
     from alter.trainable import load_model
 
     model = load_model(checkpoint)
+    if prune_to:
+        if not getattr(model, "mta_layers", None):
+            raise ValueError(f"--prune-to: {checkpoint} has no MTA gates to prune")
+        model.prune_gates(prune_to)
     root = resolve_root(data_root)
     sets = {task.name: sample(task.read(split, root), max_eval, 0, task.name) for task in model.tasks}
     metrics = evaluate(model, sets, EvalConfig(batch_size=batch_size, num_beams=num_beams,

@@ -115,8 +115,8 @@ class TaskGate(nn.Module):
         keep = weights.abs().topk(kept, dim=1).indices  # (B, kept)
         pruned = torch.zeros_like(weights).scatter(1, keep, weights.gather(1, keep))  # (B, K)
         total, kept_total = weights.sum(1, keepdim=True), pruned.sum(1, keepdim=True)  # (B, 1)
-        # A row whose kept weights cancel out keeps them as they are (no division by ~0).
-        scale = torch.where(kept_total.abs() > 1e-6, total / kept_total.where(kept_total != 0, 1.0), 1.0)
+        cancels = kept_total.abs() <= 1e-6  # kept weights that cancel out stay as they are
+        scale = torch.where(cancels, torch.ones_like(total), total / kept_total.masked_fill(cancels, 1.0))
         return pruned * scale
 
     @torch.no_grad()
