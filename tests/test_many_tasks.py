@@ -27,8 +27,10 @@ def many_tasks(tmp_path, experts: int | None) -> Config:
     custom = [{"name": name, "kind": "classification", "inputs": {"text": "body"}, "target": "team",
                "labels": ["billing", "tech"], "template": f"Queue {i}: {{text}}\nTeam:",
                "splits": {"train": split, "dev": split}} for i, name in enumerate(names)]
-    assignment = {name: i % (experts or 1) for i, name in enumerate([*names, "dialogsum"])}
-    mta = {"rank": 4, **({"num_experts": experts, "assignment": assignment} if experts else {})}
+    mta = {"rank": 4}
+    if experts:
+        mta.update(num_experts=experts,
+                   assignment={name: i % experts for i, name in enumerate([*names, "dialogsum"])})
     return Config.model_validate({
         "output_dir": str(tmp_path / "run"),
         "model": {"backbone": "tiny-llama", "max_source_length": 64, "max_target_length": 8, "mta": mta},
