@@ -102,6 +102,18 @@ class DataConfig(_Strict):
                 for ref in refs]
 
 
+class RebalanceConfig(_Strict):
+    """Dynamic task adjustment: every `every` steps the stage scores the validation examples
+    (`data.validation`), and each scored task whose main score there is not above its trivial
+    score (majority label, training mean) has its sampling rate multiplied by `boost`, to at
+    most `max_rate`, before the rates are renormalised. The rest of the stage is drawn anew
+    from the new rates; with `expert_lr: routed_share` the experts' steps follow them."""
+
+    every: int = Field(ge=1)
+    boost: float = Field(default=2.0, gt=1)
+    max_rate: float = Field(default=0.5, gt=0, le=1)
+
+
 class StageConfig(_Strict):
     """One training stage. `kind` names the trainable groups; the rest is the schedule."""
 
@@ -118,6 +130,7 @@ class StageConfig(_Strict):
     train_backbone: bool = False
     train_heads: bool | None = None  # default: yes in stage1/joint, no in stage2
     mixture: MixtureConfig | None = None  # this stage's task rates, when not `data.mixture`
+    rebalance: RebalanceConfig | None = None  # rates that follow which tasks have not learned yet
     # What the stage trains on: the training examples, or `data.held_out`, examples that the
     # earlier stages never saw: gates fitted there learn which experts carry over to new inputs.
     train_on: Literal["train", "held_out"] = "train"

@@ -6,19 +6,19 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from alter.config import StageConfig
-from alter.data.mixture import batch_plan
 from alter.data.prepare import StageData
 from alter.distributed import SINGLE, Ranks, finish_gradients, no_sync, wrap
 from alter.trainable import TrainableModel
 from alter.training.checkpoint import load_training_state, read_training_state, save_training_state
 from alter.training.expert_lr import ExpertStepScaler, routed_shares
+from alter.training.rebalance import TaskPlan, rebalanced_rates
 from alter.training.run_log import RunLog
 from alter.training.stages import prepare_stage
 
@@ -63,8 +63,12 @@ def _expert_step_scaler(model: TrainableModel, stage: StageConfig, data: StageDa
 
 
 def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stage_dir: Path, log: RunLog,
-                seed: int, evaluate: Callable[[], float] | None = None, ranks: Ranks = SINGLE) -> StageResult:
+                seed: int, evaluate: Callable[[], float] | None = None, ranks: Ranks = SINGLE,
+                unlearned: Callable[[], dict[str, tuple[float, float]]] | None = None) -> StageResult:
     """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`.
+
+    `unlearned` (for `stage.rebalance`) scores the validation examples and returns the tasks
+    not above their trivial score there, as {task: (score, trivial score)}.
 
     On several processes (`ranks`), each runs its share of every global batch and the
     gradients are averaged (by DDP, or by `finish_gradients` under FSDP); the main process
@@ -76,10 +80,10 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
     trainable = prepare_stage(model, stage)
     params = list(trainable.values())
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
-    scaler = _expert_step_scaler(model, stage, data, trainable)
+    if stage.rebalance and unlearned is None:
+        raise ValueError(f"stage '{stage.label}': rebalance needs validation examples (data.validation)")
     factor = _schedule(stage)
-    plan = batch_plan([[len(row.input_ids) for row in rows] for rows in data.rows], data.rates,
-                      stage.steps * stage.grad_accum, stage.batch_size, seed)
+    plan = TaskPlan(data, stage, seed)
     last = stage_dir / "last"
     step, spent, tokens, best = 0, 0.0, 0, float("-inf")
     # `last.old` exists alone only when a run was killed while replacing `last`.
@@ -95,14 +99,30 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
                              f"'{stage.label}' trains ({error}); it was written by another version of the model "
                              f"or stage: delete {stage_dir} to train the stage again") from None
         step, spent, tokens, best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
+        if "rates" in meta:  # the stage rebalanced its tasks before this checkpoint
+            plan.redraw(meta["rates_from_step"], meta["rates"])
         if ranks.is_main:
             logger.info("%s: resumed from step %d of %d", stage.label, step, stage.steps)
+    scaler = _expert_step_scaler(model, stage, replace(data, rates=plan.rates), trainable)
     engine = wrap(model, ranks)
 
     def save(at_step: int) -> None:
         if ranks.is_main:
             save_training_state(last, model, optimizer, at_step,
-                                {"wall_seconds": spent, "tokens": tokens, "best": best, "stage": stage.label})
+                                {"wall_seconds": spent, "tokens": tokens, "best": best, "stage": stage.label,
+                                 **plan.state()})
+
+    def rebalance(at_step: int) -> None:
+        nonlocal scaler
+        behind = unlearned()
+        rates = rebalanced_rates(data.task_names, plan.rates, list(behind), stage.rebalance)
+        log.write({"stage": stage.label, "step": at_step, "not_learned": {
+            name: {"validation": score, "trivial": floor} for name, (score, floor) in behind.items()},
+            "rates": dict(zip(data.task_names, rates))})
+        model.train()
+        if rates != plan.rates:
+            plan.redraw(at_step, rates)
+            scaler = _expert_step_scaler(model, stage, replace(data, rates=rates), trainable)
 
     model.train()
     # Per task: summed loss and number of rows since the last log line (this rank's rows).
@@ -117,7 +137,7 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
                 group["lr"] = stage.lr * factor(step)
             local_loss = torch.zeros(())
             for micro in range(stage.grad_accum):
-                batch = [data.rows[task][index] for task, index in plan[step * stage.grad_accum + micro]]
+                batch = [data.rows[task][index] for task, index in plan.batch(step, micro)]
                 rows = ranks.shard(batch)
                 with no_sync(engine, accumulating=micro < stage.grad_accum - 1):
                     losses = engine(rows)  # (b,) this rank's rows
@@ -159,6 +179,8 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
                     best = score
                     if ranks.is_main:
                         model.save(stage_dir / "best", {"stage": stage.label, "step": step, "macro": score})
+            if stage.rebalance and step % stage.rebalance.every == 0 and step < stage.steps:
+                rebalance(step)
             if step % stage.save_every == 0 or step == stage.steps:
                 save(step)
     except KeyboardInterrupt:

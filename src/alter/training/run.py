@@ -51,8 +51,11 @@ def run_training(config: Config,
     for stage in config.stages:
         if stage.prune_to and not getattr(model, "mta_layers", None):
             raise ConfigError(f"stage {stage.label}: prune_to prunes MTA gates; this {type(model).__name__} has none")
+        if stage.rebalance and not validation:
+            raise ConfigError(f"stage {stage.label}: rebalance scores the validation examples; set data.validation")
     run_log = _run_log(config, out, ranks.is_main)
-    score = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log)
+    score = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
+                   trivial_scores(tasks, train_sets, validation))
     before = score("before", "the untrained model")["metrics"] if config.eval.before_training else None
     data = {"train": stage_data(model, config, train_sets)}
     stages, after_stage = [], {}
@@ -62,7 +65,8 @@ def run_training(config: Config,
         stage_rows = data[stage.train_on] if stage.mixture is None else with_mixture(config, data[stage.train_on],
                                                                                       stage.mixture)
         result = train_stage(model, stage, stage_rows, out / "stages" / stage.label,
-                             run_log, seed=config.seed + index, evaluate=score.selection_macro, ranks=ranks)
+                             run_log, seed=config.seed + index, evaluate=score.selection_macro, ranks=ranks,
+                             unlearned=score.unlearned if stage.rebalance else None)
         stages.append(result)
         if stage.prune_to:
             after_stage[f"{stage.label}_unpruned"] = score(f"after_{stage.label}_unpruned",

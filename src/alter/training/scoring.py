@@ -11,8 +11,9 @@ from typing import Any
 from alter.config import EvalConfig
 from alter.data.task import Example, Task
 from alter.distributed import Ranks
-from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, macro_average
+from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, macro_average, main_score
 from alter.evaluate.predictions import write_predictions
+from alter.evaluate.trivial import beats_trivial
 from alter.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,11 @@ log = logging.getLogger(__name__)
 
 class Scorer:
     def __init__(self, model, tasks: list[Task], out: Path, eval_sets: dict[str, list[Example]],
-                 validation: dict[str, list[Example]], config: EvalConfig, ranks: Ranks, run_log: RunLog):
+                 validation: dict[str, list[Example]], config: EvalConfig, ranks: Ranks, run_log: RunLog,
+                 validation_trivial: dict[str, dict] | None = None):
         self.model, self.tasks, self.out, self.config, self.ranks = model, tasks, out, config, ranks
         self.eval_sets, self.validation, self.run_log = eval_sets, validation, run_log
+        self.validation_trivial = validation_trivial or {}  # trivial_scores on the validation examples
         self.seconds: dict[str, float] = {}  # each evaluation's wall time
 
     def __call__(self, name: str, what: str, keep: bool = True, stage: str | None = None) -> dict[str, Any]:
@@ -56,3 +59,16 @@ class Scorer:
         the config holds some out (`data.validation`), else the evaluation split."""
         return macro_average(self.tasks, evaluate(self.model, self.validation or self.eval_sets, self.config,
                                                   self.ranks))
+
+    def unlearned(self) -> dict[str, tuple[float, float]]:
+        """The scored tasks whose main score on the validation examples is not above their
+        trivial score there: {task: (score, trivial score)}, on 0-1 scales."""
+        metrics = evaluate(self.model, self.validation, self.config, self.ranks)
+        behind = {}
+        for task in self.tasks:
+            if task.name in metrics and task.name in self.validation_trivial:
+                score = main_score(task, metrics[task.name])
+                floor = main_score(task, self.validation_trivial[task.name]["metrics"])
+                if not beats_trivial(score, floor):
+                    behind[task.name] = (score, floor)
+        return behind
