@@ -177,6 +177,10 @@ class EvalConfig(_Strict):
     num_beams: int = Field(default=1, ge=1)
     before_training: bool = True  # score the untrained model on the same examples
     after_each_stage: bool = False  # also score the model after every stage but the last
+    # After the last stage, fit each classification task's decision offsets (alter.calibration)
+    # on its validation examples (`data.validation`); they are saved with the model. The
+    # validation scores reported afterwards are then those the offsets were fitted on.
+    calibrate: bool = False
 
 
 class DistributedConfig(_Strict):

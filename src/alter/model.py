@@ -22,6 +22,7 @@ from alter.backbones import (
     stable_name,
     with_pad_token,
 )
+from alter.calibration import decide
 from alter.card import write_model_card
 from alter.config import ModelConfig, StageConfig
 from alter.data.collate import Encoded
@@ -67,6 +68,9 @@ class MTAModel(nn.Module):
         if config.lora is not None:
             add_shared_lora(self.backbone, config.lora)
         self.backbone_trained = False
+        # Per classification task, an offset per label added to its log-probability before the
+        # decision (alter.calibration; fitted by `eval.calibrate`), saved in alter.json.
+        self.label_offsets: dict[str, list[float]] = {}
         self.trained_in: Path | None = None  # the run folder of the last training run (its report and plots)
 
     @classmethod
@@ -182,7 +186,15 @@ class MTAModel(nn.Module):
             yield indices, self._generate(how)
 
     def _score(self, rows: Sequence[Encoded]) -> list[Prediction]:
-        return self.head.score(self.backbone, rows, self.tasks, self.tokenizer)
+        predictions = self.head.score(self.backbone, rows, self.tasks, self.tokenizer)
+        if not self.label_offsets:
+            return predictions
+        decided = []
+        for row, (value, probs) in zip(rows, predictions):
+            task = self.tasks[row.task_id]
+            offsets = self.label_offsets.get(task.name)
+            decided.append((decide(task.spec.labels, probs, offsets), probs) if offsets else (value, probs))
+        return decided
 
     def _generate(self, settings: GenerationSettings):
         def run(rows: Sequence[Encoded]) -> list[Prediction]:
@@ -253,6 +265,7 @@ class MTAModel(nn.Module):
             "model": self.config.model_dump(mode="json"),
             "tasks": [task.spec.model_dump(mode="json") for task in self.tasks],
             "backbone_trained": self.backbone_trained,
+            **({"label_offsets": self.label_offsets} if self.label_offsets else {}),
             **(extra or {}),
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -300,6 +313,7 @@ class MTAModel(nn.Module):
             config = config.model_copy(update={"backbone": str(beside)})
         model = cls(config, tasks)
         model.backbone_trained = meta.get("backbone_trained", False)
+        model.label_offsets = meta.get("label_offsets", {})
         model.load_trained(directory)
         model.eval()
         return model

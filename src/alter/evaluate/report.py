@@ -130,6 +130,8 @@ def build_report(model, final: dict, before: dict | None, stages: Sequence, eval
         report["trivial"] = trivial
         report["macro_trivial"] = macro_average(tasks, {name: t["metrics"] for name, t in trivial.items()})
     report["shortfalls"] = shortfalls(tasks, after, trivial or {}, before)
+    if getattr(model, "label_offsets", None):  # alter.calibration
+        report["label_offsets"] = model.label_offsets
     if skipped_rows:  # malformed rows the readers skipped: task -> split -> rows
         report["skipped_rows"] = skipped_rows
     if final.get("validation"):
@@ -145,6 +147,15 @@ def build_report(model, final: dict, before: dict | None, stages: Sequence, eval
                 entry["validation_macro"] = macro_average(tasks, scores["validation"])
             report["after_stage"][label] = entry
     return report
+
+
+def _offsets_line(model, offsets: dict[str, list[float]]) -> str:
+    per_task = []
+    for task, values in offsets.items():
+        labels = model.tasks[model.task_id(task)].spec.labels
+        per_task.append(f"{task} " + ", ".join(f"{label} {value:+.2f}" for label, value in zip(labels, values)))
+    return ("**Decision offsets** (added to each label's log-probability; fitted on the validation examples): "
+            + "; ".join(per_task))
 
 
 def write_report(out: Path, model, report: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +183,8 @@ def write_report(out: Path, model, report: dict[str, Any]) -> dict[str, Any]:
                 markdown_table(tasks, report["metrics"], report.get("before_training"), report.get("trivial")), ""]
     if report.get("shortfalls"):
         markdown += ["**Not learned:**", "", *(f"- {line}" for line in report["shortfalls"]), ""]
+    if report.get("label_offsets"):
+        markdown += [_offsets_line(model, report["label_offsets"]), ""]
     if report.get("skipped_rows"):
         markdown += ["**Malformed rows skipped:** " + "; ".join(
             f"{task} {split} {rows}" for task, splits in report["skipped_rows"].items()

@@ -53,6 +53,9 @@ def run_training(config: Config,
             raise ConfigError(f"stage {stage.label}: prune_to prunes MTA gates; this {type(model).__name__} has none")
         if stage.rebalance and not validation:
             raise ConfigError(f"stage {stage.label}: rebalance scores the validation examples; set data.validation")
+    if config.eval.calibrate and not (validation and hasattr(model, "label_offsets")):
+        raise ConfigError("eval.calibrate fits decision offsets on the validation examples: set data.validation"
+                          if not validation else f"eval.calibrate: a {type(model).__name__} has no decision offsets")
     run_log = _run_log(config, out, ranks.is_main)
     score = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
                    trivial_scores(tasks, train_sets, validation))
@@ -76,6 +79,10 @@ def run_training(config: Config,
         if config.eval.after_each_stage and index < len(config.stages) - 1:
             after_stage[stage.label] = score(f"after_{stage.label}", f"the model after {stage.label}",
                                              stage=stage.label)
+    if config.eval.calibrate:
+        offsets = score.fit_label_offsets()
+        run_log.write({"label_offsets": offsets})
+        log.info("decision offsets fitted on the validation examples: %s", offsets or "none needed")
     if ranks.is_main:
         model.save(out / "model", {"stages": [vars(result) for result in stages]})
     last = config.stages[-1].label

@@ -8,10 +8,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from alter.calibration import fit_offsets
 from alter.config import EvalConfig
 from alter.data.task import Example, Task
 from alter.distributed import Ranks
-from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, macro_average, main_score
+from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, macro_average, main_score, predict_shared
 from alter.evaluate.predictions import write_predictions
 from alter.evaluate.trivial import beats_trivial
 from alter.training.run_log import RunLog
@@ -72,3 +73,22 @@ class Scorer:
                 if not beats_trivial(score, floor):
                     behind[task.name] = (score, floor)
         return behind
+
+    def fit_label_offsets(self) -> dict[str, list[float]]:
+        """Fit every classification task's decision offsets on its validation examples and set
+        them on the model; {task: offsets} for the tasks whose offsets are not all zero."""
+        self.model.label_offsets = {}
+        tasks = [task for task in self.tasks if task.kind == "classification" and self.validation.get(task.name)]
+        if not tasks:
+            return {}
+        everything = [example for task in tasks for example in self.validation[task.name]]
+        predictions = predict_shared(self.model, everything, self.config, self.ranks, "calibration")
+        offsets, start = {}, 0
+        for task in tasks:
+            examples = self.validation[task.name]
+            fitted = fit_offsets(task, predictions[start: start + len(examples)], examples)
+            start += len(examples)
+            if any(fitted):
+                offsets[task.name] = fitted
+        self.model.label_offsets = offsets
+        return offsets
