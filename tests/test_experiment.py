@@ -128,6 +128,10 @@ systems:
       stages:
         - {{kind: stage1, steps: 4, batch_size: 4, lr: 1.0e-3}}
         - {{kind: stage2, steps: 2, batch_size: 4, lr: 1.0e-2, train_on: held_out}}
+  calibrated:  # mta's trained model with decision offsets: nothing trained again
+    seeds: [0]
+    starts_from: {{system: mta, stage: stage2}}
+    set: {{eval: {{calibrate: true}}}}
   single_lora:
     per_task: true
     seeds: [0]
@@ -162,6 +166,13 @@ def test_results_carry_seeds_paired_intervals_and_trivial_scores(seeded):
     assert (gain["after"], gain["seeds"]) == ("mta_stage1", [0])
     assert "gain_over_start" not in systems["single_lora"]
     assert "softmax_gates minus mta_stage1" in (out / "results.md").read_text()
+    calibrated = systems["calibrated"]["gain_over_start"]  # from mta's last stage: mta itself scored alone
+    assert (calibrated["after"], calibrated["seeds"]) == ("mta", [0])
+    assert "calibrated minus mta" in (out / "results.md").read_text()
+    mta_log = (out / "seed0" / "mta" / "log.jsonl").read_text()
+    trained = [line for line in (out / "seed0" / "calibrated" / "log.jsonl").read_text().splitlines()
+               if '"task_loss"' in line]
+    assert trained and all(line in mta_log for line in trained)  # every training line copied from mta's run
     assert results["trivial"]["rte"]["rule"].startswith("majority label")
     assert "validation_macro" in systems["mta"]
     assert "mta − system [95% CI]" in (out / "results.md").read_text()

@@ -86,19 +86,25 @@ def _paired(kept: Kept, reference: str) -> dict[str, dict]:
 
 
 def _gains_over_start(config: ExperimentConfig, kept: Kept) -> dict[str, dict]:
-    """For a system that starts from another's checkpoint (a stage-2 variant): its macro minus
-    the `after_stage` system scored at that checkpoint, on the variant's seeds, as
-    `stage2_gain` is for the reference."""
+    """For a system that starts from another's checkpoint (a stage-2 variant, a calibration):
+    its macro minus that checkpoint scored alone, on the variant's seeds, as `stage2_gain` is
+    for the reference. The checkpoint scored alone is the `after_stage` system of that stage,
+    or the other system itself when the checkpoint is its last stage."""
     gains = {}
     for name, system in config.systems.items():
         start = system.starts_from
-        if start is None:
+        if start is None or name not in kept:
             continue
-        for other, candidate in config.systems.items():
-            if candidate.kind == "after_stage" and (candidate.of, candidate.stage) == (start.system, start.stage):
-                gain = _paired_between(kept, name, other, seeds=sorted(kept[name]))
-                if gain is not None:
-                    gains[name] = {"of": name, "after": other, "seeds": sorted(kept[name]), **gain}
+        scored_alone = [other for other, candidate in config.systems.items()
+                        if candidate.kind == "after_stage" and (candidate.of, candidate.stage) == (start.system,
+                                                                                                   start.stage)]
+        seed = sorted(kept[name])[0]
+        if config.train_config(start.system, seed, Path(".")).stages[-1].label == start.stage:
+            scored_alone.append(start.system)
+        for other in scored_alone:
+            gain = _paired_between(kept, name, other, seeds=sorted(kept[name]))
+            if gain is not None:
+                gains[name] = {"of": name, "after": other, "seeds": sorted(kept[name]), **gain}
     return gains
 
 
