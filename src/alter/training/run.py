@@ -53,9 +53,10 @@ def run_training(config: Config,
             raise ConfigError(f"stage {stage.label}: prune_to prunes MTA gates; this {type(model).__name__} has none")
         if stage.rebalance and not validation:
             raise ConfigError(f"stage {stage.label}: rebalance scores the validation examples; set data.validation")
-    if config.eval.calibrate and not (validation and hasattr(model, "label_offsets")):
-        raise ConfigError("eval.calibrate fits decision offsets on the validation examples: set data.validation"
-                          if not validation else f"eval.calibrate: a {type(model).__name__} has no decision offsets")
+    if config.eval.calibrate and not validation:
+        raise ConfigError("eval.calibrate fits decision offsets on the validation examples: set data.validation")
+    if config.eval.calibrate and not hasattr(model, "label_offsets"):
+        raise ConfigError(f"eval.calibrate: a {type(model).__name__} has no decision offsets")
     run_log = _run_log(config, out, ranks.is_main)
     score = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
                    trivial_scores(tasks, train_sets, validation))
