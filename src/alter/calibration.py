@@ -20,11 +20,12 @@ from alter.data.task import Example, Task
 from alter.evaluate.evaluator import compute_task_metrics
 
 _ROUNDS = 2  # coordinate-ascent sweeps over the labels (one suffices for two labels)
+_SMALLEST_PROB = 1e-30  # a probability that underflowed to 0 still has a (very low) log
 
 
 def decide(labels: Sequence[str], probs: dict[str, float], offsets: Sequence[float]) -> str:
     """The label with the largest log-probability plus its offset."""
-    return max(zip(labels, offsets), key=lambda pair: math.log(max(probs[pair[0]], 1e-30)) + pair[1])[0]
+    return max(zip(labels, offsets), key=lambda pair: math.log(max(probs[pair[0]], _SMALLEST_PROB)) + pair[1])[0]
 
 
 def fit_offsets(task: Task, predictions: Sequence[tuple[str, dict[str, float]]],
@@ -36,7 +37,8 @@ def fit_offsets(task: Task, predictions: Sequence[tuple[str, dict[str, float]]],
     allow (the midpoints between sorted margins), the others held; zero offsets are kept
     unless a change scores strictly higher, so a task that needs no offset gets none."""
     labels = task.spec.labels
-    logp = np.log(np.clip([[probs[label] for label in labels] for _, probs in predictions], 1e-30, None))  # (N, C)
+    table = np.array([[probs[label] for label in labels] for _, probs in predictions])  # (N, C)
+    logp = np.log(np.clip(table, _SMALLEST_PROB, None))  # (N, C)
     offsets = np.zeros(len(labels))
 
     def score(candidate: np.ndarray) -> float:

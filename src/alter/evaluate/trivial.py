@@ -53,19 +53,31 @@ def beats_trivial(score: float, floor: float) -> bool:
     return score > floor + 1e-9
 
 
+def not_above_trivial(tasks: Sequence[Task], after: dict, trivial: dict) -> dict[str, tuple[float, float]]:
+    """{task: (main score, trivial score)} for each task of `after` not above its trivial score."""
+    behind = {}
+    for task in tasks:
+        if task.name in after and task.name in trivial:
+            score = after[task.name][task.main_metric]
+            floor = trivial[task.name]["metrics"][task.main_metric]
+            if not beats_trivial(score, floor):
+                behind[task.name] = (score, floor)
+    return behind
+
+
 def shortfalls(tasks: Sequence[Task], after: dict, trivial: dict, before: dict | None) -> list[str]:
     """One line for each task whose main score is not above its trivial score, or is below
     the untrained model's."""
+    behind = not_above_trivial(tasks, after, trivial)
     lines = []
     for task in tasks:
         if task.name not in after:
             continue
         metric = task.main_metric
         score = after[task.name][metric]
-        if task.name in trivial and not beats_trivial(score, trivial[task.name]["metrics"][metric]):
-            floor = trivial[task.name]
+        if task.name in behind:
             lines.append(f"{task.name}: {metric} {100 * score:.1f} is not above its trivial score "
-                         f"{100 * floor['metrics'][metric]:.1f} ({floor['rule']})")
+                         f"{100 * behind[task.name][1]:.1f} ({trivial[task.name]['rule']})")
         if before and task.name in before and score < before[task.name][metric]:
             lines.append(f"{task.name}: {metric} {100 * score:.1f} is below the untrained model's "
                          f"{100 * before[task.name][metric]:.1f}")

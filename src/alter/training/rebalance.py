@@ -24,11 +24,10 @@ _START_SEED_STRIDE = 7919  # a redraw from step s uses seed + stride * s (s = 0:
 class TaskPlan:
     """The batches of one stage, as (task index, example index) pairs."""
 
-    def __init__(self, data: StageData, stage: StageConfig, seed: int, rates: Sequence[float] | None = None,
-                 start: int = 0):
+    def __init__(self, data: StageData, stage: StageConfig, seed: int):
         self.lengths = [[len(row.input_ids) for row in rows] for rows in data.rows]
         self.stage, self.seed = stage, seed
-        self.redraw(start, rates if rates is not None else data.rates)
+        self.redraw(0, data.rates)
 
     def redraw(self, start: int, rates: Sequence[float]) -> None:
         """Draw the batches of steps `start`... from `rates`."""

@@ -58,8 +58,9 @@ def run_training(config: Config,
     if config.eval.calibrate and not hasattr(model, "label_offsets"):
         raise ConfigError(f"eval.calibrate: a {type(model).__name__} has no decision offsets")
     run_log = _run_log(config, out, ranks.is_main)
+    rebalanced = any(stage.rebalance for stage in config.stages)  # what `Scorer.unlearned` compares with
     score = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
-                   trivial_scores(tasks, train_sets, validation))
+                   trivial_scores(tasks, train_sets, validation) if rebalanced else None)
     before = score("before", "the untrained model")["metrics"] if config.eval.before_training else None
     data = {"train": stage_data(model, config, train_sets)}
     stages, after_stage = [], {}

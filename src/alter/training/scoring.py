@@ -12,9 +12,9 @@ from alter.calibration import fit_offsets
 from alter.config import EvalConfig
 from alter.data.task import Example, Task
 from alter.distributed import Ranks
-from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, macro_average, main_score, predict_shared
+from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, macro_average, predict_shared
 from alter.evaluate.predictions import write_predictions
-from alter.evaluate.trivial import beats_trivial
+from alter.evaluate.trivial import not_above_trivial
 from alter.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,8 @@ class Scorer:
     def unlearned(self) -> dict[str, tuple[float, float]]:
         """The scored tasks whose main score on the validation examples is not above their
         trivial score there: {task: (score, trivial score)}, on 0-1 scales."""
-        metrics = evaluate(self.model, self.validation, self.config, self.ranks)
-        behind = {}
-        for task in self.tasks:
-            if task.name in metrics and task.name in self.validation_trivial:
-                score = main_score(task, metrics[task.name])
-                floor = main_score(task, self.validation_trivial[task.name]["metrics"])
-                if not beats_trivial(score, floor):
-                    behind[task.name] = (score, floor)
-        return behind
+        return not_above_trivial(self.tasks, evaluate(self.model, self.validation, self.config, self.ranks),
+                                 self.validation_trivial)
 
     def fit_label_offsets(self) -> dict[str, list[float]]:
         """Fit every classification task's decision offsets on its validation examples and set
