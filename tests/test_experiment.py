@@ -160,7 +160,13 @@ def test_results_carry_seeds_paired_intervals_and_trivial_scores(seeded):
         low, high = paired["ci95"]
         assert low <= paired["macro_diff"] <= high, name
     assert systems["single_lora"]["paired_vs_mta"]["seeds"] == [0]  # mta on seed 0 only, as single_lora
-    assert "seeds" not in systems["mta_stage1"]["paired_vs_mta"]  # the same seeds: pooled
+    assert "seeds" not in systems["mta_stage1"]["paired_vs_mta"]  # the same seeds: all of them
+    assert systems["mta_stage1"]["paired_vs_mta"]["seeds_resampled"]
+    over_seeds = systems["mta_stage1"]["seeds_vs_mta"]  # a t-interval over the per-seed differences
+    assert over_seeds["seeds"] == [0, 1] and len(over_seeds["per_seed_diff"]) == 2
+    low, high = over_seeds["t95"]
+    assert low <= sum(over_seeds["per_seed_diff"]) / 2 <= high
+    assert "seeds_vs_mta" not in systems["single_lora"]  # one seed shared with mta
     assert results["stage2_gain"]["after"] == "mta_stage1"
     gain = systems["softmax_gates"]["gain_over_start"]  # the variant minus mta after stage 1, seed 0 alone
     assert (gain["after"], gain["seeds"]) == ("mta_stage1", [0])

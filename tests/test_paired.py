@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from alter.evaluate.metrics import compute
-from alter.experiment.paired import excludes_zero, paired_bootstrap, resampled_scores
+from alter.experiment.paired import excludes_zero, paired_bootstrap, resampled_scores, seed_t_interval
 
 
 def accuracy_record(correct: list[bool]) -> dict:
@@ -69,3 +69,36 @@ def test_resampled_metrics_equal_the_metric_functions(metric, labels):
     expected = [compute([metric], [predictions[i] for i in rows], [references[i] for i in rows], labels)[metric]
                 for rows in index]
     np.testing.assert_allclose(resampled_scores(record, index), expected, atol=1e-9)
+
+
+def test_seeds_that_disagree_widen_the_interval():
+    """A beats B by 25 points on one seed and loses by 30 on the other, each on 400 examples:
+    with the seeds held fixed the mean difference (-2.5) has a narrow interval, but a new pair
+    of seeds could land on either side, so the interval over seeds and examples is wide."""
+    half = accuracy_record([True, False] * 200)
+    a = [{"rte": accuracy_record([True, True, True, False] * 100)}, {"rte": half}]  # seed 0: 75, seed 1: 50
+    b = [{"rte": half}, {"rte": accuracy_record([True, True, True, True, False] * 80)}]  # 50, then 80
+    paired = paired_bootstrap(a, b, ["rte"], resamples=4000)
+    assert paired["macro_diff"] == -2.5  # (25 - 30) / 2
+    low, high = paired["ci95"]
+    assert low < -25 and high > 20  # a resample may draw either seed twice
+    fixed_low, fixed_high = paired["ci95_examples"]
+    assert -8 < fixed_low < -2.5 < fixed_high < 3  # the seeds held fixed: only the examples' noise
+    t_low, t_high = seed_t_interval([25.0, -30.0])  # two seeds: t(1) = 12.7, standard error 27.5
+    assert t_low < -300 and t_high > 300
+
+
+def test_seeds_that_agree_add_little():
+    """The same gap on both seeds: resampling seeds changes nothing."""
+    a = [{"rte": accuracy_record([True] * 400)}] * 2
+    b = [{"rte": accuracy_record([True, False] * 200)}] * 2
+    paired = paired_bootstrap(a, b, ["rte"], resamples=2000)
+    assert paired["ci95"] == paired["ci95_examples"]
+    assert seed_t_interval([50.0, 50.0]) == [50.0, 50.0]
+
+
+def test_one_seed_each_covers_the_examples_only():
+    a, b = [{"rte": accuracy_record([True] * 100)}], [{"rte": accuracy_record([True, False] * 50)}]
+    paired = paired_bootstrap(a, b, ["rte"])
+    assert not paired["seeds_resampled"] and seed_t_interval([12.5]) is None
+    assert paired["ci95"] == paired["ci95_examples"]

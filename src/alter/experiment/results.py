@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from alter.evaluate.predictions import read_predictions  # noqa: E402
 from alter.evaluate.trivial import beats_trivial  # noqa: E402
 from alter.experiment.config import ExperimentConfig  # noqa: E402
-from alter.experiment.paired import excludes_zero, paired_bootstrap  # noqa: E402
+from alter.experiment.paired import excludes_zero, paired_bootstrap, seed_t_interval  # noqa: E402
 
 RESULTS_FILE = "results.json"
 REFERENCE = "mta"  # the system every other one is compared with, example by example
@@ -55,34 +55,56 @@ def _kept_predictions(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> 
 
 
 def _paired_between(kept: Kept, a: str, b: str, seeds: list[int] | None = None) -> dict[str, Any] | None:
-    """A's macro minus B's on the tasks both have, each over all its seeds, or both over
-    `seeds`; None without predictions or when one of them lacks one of `seeds`."""
-    if a not in kept or b not in kept or (seeds is not None and not set(seeds) <= kept[a].keys() & kept[b].keys()):
+    """A's macro minus B's on the tasks both have, over the seeds both ran, seed by seed
+    (`seeds`: those only); None without predictions or when one of them lacks one of `seeds`."""
+    if a not in kept or b not in kept:
         return None
-    runs_a = [kept[a][seed] for seed in seeds] if seeds is not None else list(kept[a].values())
-    runs_b = [kept[b][seed] for seed in seeds] if seeds is not None else list(kept[b].values())
+    shared = sorted(kept[a].keys() & kept[b].keys())
+    if seeds is not None and not set(seeds) <= set(shared):
+        return None
+    chosen = sorted(seeds) if seeds is not None else shared
+    if not chosen:
+        return None
+    runs_a, runs_b = [kept[a][seed] for seed in chosen], [kept[b][seed] for seed in chosen]
     tasks = [task for task in runs_a[0] if all(task in run for run in runs_b)]
     if not tasks:
         return None
-    return {**paired_bootstrap(runs_a, runs_b, tasks), **({"seeds": seeds} if seeds is not None else {})}
+    partial = chosen != sorted(kept[a]) or chosen != sorted(kept[b])
+    return {**paired_bootstrap(runs_a, runs_b, tasks), **({"seeds": chosen} if partial else {})}
 
 
 def _paired(kept: Kept, reference: str) -> dict[str, dict]:
-    """Every system's paired bootstrap against the reference system, on the tasks both have:
-    seeds pooled when both ran the same seeds, else on the seeds both ran (the mean of three
-    seeds against one seed would mix the seeds' spread into the difference)."""
+    """Every system's paired bootstrap against the reference system, on the tasks and seeds
+    both have (the mean of three seeds against one seed would mix the seeds' spread into the
+    difference)."""
     paired = {}
     for name in kept:
         if name == reference or reference not in kept:
             continue
-        shared = sorted(kept[reference].keys() & kept[name].keys())
-        same = kept[reference].keys() == kept[name].keys()
-        if not same and not shared:
-            continue
-        result = _paired_between(kept, reference, name, None if same else shared)
+        result = _paired_between(kept, reference, name)
         if result is not None:
             paired[name] = result
     return paired
+
+
+def _seed_differences(runs: dict[str, dict[int, dict[str, Any]]], main_metrics: dict[str, str],
+                      reference: str) -> dict[str, dict]:
+    """Every system against the reference on the seeds and tasks both have, from each seed's
+    scores: the per-seed macro differences and their 95% t-interval (two or more seeds)."""
+    found = {}
+    for name, seeds in runs.items():
+        shared = sorted(seeds.keys() & runs.get(reference, {}).keys())
+        if name == reference or len(shared) < 2:
+            continue
+        tasks = [task for task in runs[reference][shared[0]]["tasks"] if task in seeds[shared[0]]["tasks"]]
+
+        def macro(result: dict) -> float:
+            return 100.0 * statistics.fmean(result["tasks"][task][main_metrics[task]] for task in tasks)
+
+        differences = [round(macro(runs[reference][seed]) - macro(seeds[seed]), 2) for seed in shared]
+        found[name] = {"seeds": shared, "tasks": tasks, "per_seed_diff": differences,
+                       "t95": seed_t_interval(differences)}
+    return found
 
 
 def _gains_over_start(config: ExperimentConfig, kept: Kept) -> dict[str, dict]:
@@ -150,6 +172,8 @@ def write_results(config: ExperimentConfig, out: Path) -> dict[str, Any]:
     kept = _kept_predictions(runs, out)
     for name, paired in _paired(kept, REFERENCE).items():
         systems[name][f"paired_vs_{REFERENCE}"] = paired
+    for name, differences in _seed_differences(runs, main_metrics, REFERENCE).items():
+        systems[name][f"seeds_vs_{REFERENCE}"] = differences
     for name, gain in _gains_over_start(config, kept).items():
         systems[name]["gain_over_start"] = gain
     results = {"scale": "0-100", "seeds": config.seeds, "main_metrics": main_metrics,
@@ -248,7 +272,11 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     validated = any("validation_macro" in result for result in systems.values())
     if validated:
         header.append("validation macro")
-    header += [f"{reference} − system [95% CI]", "trainable params", "train (s)", "eval (s)"]
+    header.append(f"{reference} − system [95% CI]")
+    seed_intervals = any(f"seeds_vs_{reference}" in result for result in systems.values())
+    if seed_intervals:
+        header.append("t-interval over seeds")
+    header += ["trainable params", "train (s)", "eval (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in systems.items():
         several = len(result["seeds"]) > 1
@@ -258,8 +286,13 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             cells.append(f"{result['macro_classification']:.1f}" if "macro_classification" in result else "–")
         if validated:
             cells.append(f"{result['validation_macro']:.1f}" if "validation_macro" in result else "–")
-        cells += [format_difference(result.get(f"paired_vs_{reference}")), f"{result['trainable_params']:,}",
-                  f"{result['train_seconds']:.0f}", f"{result.get('eval_seconds', 0):.0f}"]
+        paired = result.get(f"paired_vs_{reference}")
+        cells.append(format_difference(paired))
+        if seed_intervals:
+            interval = result.get(f"seeds_vs_{reference}", {}).get("t95")
+            cells.append(f"[{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "–")
+        cells += [f"{result['trainable_params']:,}", f"{result['train_seconds']:.0f}",
+                  f"{result.get('eval_seconds', 0):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if trivial:
         floors = [f"{trivial[task]['metrics'][results['main_metrics'][task]]:.1f}" if task in trivial else "–"
@@ -270,9 +303,11 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             "several); after each task, its main metric and number of evaluation examples. Macro: the mean "
             "of each task's main metric over the tasks a system has; validation macro: the same on the examples "
             "held out of the training splits (what settings are compared by). "
-            f"`{reference} − system`: {reference}'s macro minus the system's on the tasks both have, seeds "
-            "pooled, with a 95% paired bootstrap interval over the evaluation examples (the same resamples "
-            "for both); **bold** where the interval excludes zero."
+            f"`{reference} − system`: {reference}'s macro minus the system's on the tasks and seeds both have, "
+            "with a 95% paired bootstrap interval that resamples the seeds (seed by seed for both) and then "
+            "the evaluation examples (the same for both), so that it carries the seeds' spread; with one seed "
+            "it covers the examples only; **bold** where the interval excludes zero. The t-interval over seeds: "
+            "a paired t-interval of the per-seed macro differences (two or more seeds)."
             + (" † marks a score not above the task's trivial score (the last row: "
                + ", ".join(sorted({t["rule"].split(":")[0] for t in trivial.values()})) + ", on the same examples)."
                if trivial else ""), "", *lines, ""]
