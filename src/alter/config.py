@@ -114,6 +114,22 @@ class RebalanceConfig(_Strict):
     max_rate: float = Field(default=0.5, gt=0, le=1)
 
 
+class EarlyStoppingConfig(_Strict):
+    """End a stage when its validation score (`data.validation`, scored every `eval_every`
+    steps) has not improved for `patience` evaluations, and keep its best weights.
+
+    `per_task`: each task stops on its own: once its main score has not improved for
+    `patience` evaluations its rows leave the mixture (the others take their share) and its
+    own weights (its expert, gate row and head) are restored to those of its best evaluation;
+    the stage ends when every task with validation examples has stopped. It needs tasks that
+    share no trained weight (no shared expert or shared LoRA in training, one expert per task),
+    as AdapterFusion's single-task adapters."""
+
+    patience: int = Field(default=3, ge=1)
+    min_delta: float = Field(default=0.0, ge=0)  # on the 0-100 scale: a smaller gain is no improvement
+    per_task: bool = False
+
+
 class StageConfig(_Strict):
     """One training stage. `kind` names the trainable groups; the rest is the schedule."""
 
@@ -153,6 +169,7 @@ class StageConfig(_Strict):
     # model is scored before pruning as well (`after_<stage>_unpruned`).
     prune_to: int | None = Field(default=None, ge=1)
     eval_every: int | None = Field(default=None, ge=1)
+    early_stopping: EarlyStoppingConfig | None = None  # `steps` is then the cap
     save_every: int = Field(default=50, ge=1)
     log_every: int = Field(default=10, ge=1)
 
@@ -163,6 +180,12 @@ class StageConfig(_Strict):
     @property
     def label(self) -> str:
         return self.name or self.kind
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_evaluations(self) -> StageConfig:
+        if self.early_stopping is not None and self.eval_every is None:
+            raise ValueError("early_stopping: set eval_every, how often the validation score is checked")
+        return self
 
     @model_validator(mode="after")
     def _prune_learned_gates(self) -> StageConfig:
@@ -223,6 +246,15 @@ class Config(_Strict):
             for index, stage in enumerate(self.stages):
                 if stage.train_on == "held_out":
                     raise ValueError(f"stages.{index}.train_on: held_out needs held-out examples: set data.held_out")
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> Config:
+        if not self.data.validation and not any(isinstance(ref, TaskRef) and ref.validation for ref in self.data.tasks):
+            for index, stage in enumerate(self.stages):
+                if stage.early_stopping is not None:
+                    raise ValueError(f"stages.{index}.early_stopping: stops on the validation examples: set "
+                                     "data.validation")
         return self
 
     @model_validator(mode="after")

@@ -65,6 +65,10 @@ class LMHead(DeviceAware):
     def auto_class(backbone_config: PretrainedConfig) -> type:
         return AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
 
+    def task_parameters(self, task_id: int) -> list[nn.Parameter]:
+        """A task's own weights in this head: none (every task writes through the backbone's)."""
+        return []
+
     # --- encoding -----------------------------------------------------------------------
     def encode(self, task_id: int, task: Task, example: Example, tokenizer, with_target: bool) -> Encoded:
         prompt, truncated = encode_prompt(tokenizer, task, example.inputs, self.config.max_source_length)
@@ -295,6 +299,10 @@ class ClassifierHead(DeviceAware):
     @staticmethod
     def auto_class(backbone_config: PretrainedConfig) -> type:
         return AutoModel
+
+    def task_parameters(self, task_id: int) -> list[nn.Parameter]:
+        """A task's own weights in this head: its linear classifier / regressor."""
+        return list(self.heads[self.task_names[task_id]].parameters())
 
     def encode(self, task_id: int, task: Task, example: Example, tokenizer, with_target: bool) -> Encoded:
         prompt, truncated = encode_prompt(tokenizer, task, example.inputs, self.config.max_source_length)

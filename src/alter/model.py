@@ -103,6 +103,22 @@ class MTAModel(nn.Module):
             groups[owner.get(id(param), "backbone")][name] = param
         return groups
 
+    def task_parameters(self, task_id: int) -> dict[str, int | None]:
+        """The weights that serve task `task_id` alone: its expert's row of every stacked
+        expert weight, its row of every gate's task weights, and its head (None: all of it).
+        A shared expert, a shared LoRA, an input router and the backbone are nobody's alone."""
+        names = {id(param): name for name, param in self.named_parameters()}
+        owned: dict[str, int | None] = {}
+        expert = int(self.expert_plan.assignment[task_id]) if self.expert_plan else None
+        for module in self.modules():
+            if isinstance(module, ExpertModule) and expert is not None:
+                owned.update({names[id(param)]: expert for param in module.expert_parameters()})
+            elif isinstance(module, TaskGate):
+                owned.update({names[id(param)]: task_id for param in (module.task_logits, module.shared_logits)
+                              if param is not None})
+        owned.update({names[id(param)]: None for param in self.head.task_parameters(task_id)})
+        return owned
+
     # --- data -> tensors ----------------------------------------------------------------
     def encode(self, examples: Sequence[Example | dict], with_target: bool = True) -> list[Encoded]:
         """Rows of examples, given as `Example`s or as requests {"task": NAME, "inputs": {...}}."""

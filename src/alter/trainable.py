@@ -50,9 +50,16 @@ class TrainableModel(Protocol):
     def predict(self, examples: Sequence[Example], batch_size: int = 16, max_new_tokens: int = 48,
                 num_beams: int = 1, progress: str | None = None) -> list[Prediction]: ...
 
+    def task_parameters(self, task_id: int) -> dict[str, int | None]:
+        """The trained weights that serve task `task_id` alone, {parameter name: its row of
+        the tensor (a stacked expert's, a gate's task row), or None for the whole tensor}."""
+
     def trained_state(self) -> dict[str, torch.Tensor]: ...
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None: ...
+
+    def load_trained(self, directory: str | Path) -> None:
+        """Load the weights that `save` wrote in `directory` into this model."""
 
 
 def load_model(directory: str | Path) -> TrainableModel:

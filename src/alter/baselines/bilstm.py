@@ -197,6 +197,13 @@ class BiLSTMModel(nn.Module):
     def trained_state(self) -> dict[str, torch.Tensor]:
         return {name: value.detach().contiguous() for name, value in self.state_dict().items()}
 
+    def task_parameters(self, task_id: int) -> dict[str, int | None]:
+        """Nothing is one task's alone: every task's rows pass through the same LSTM."""
+        return {}
+
+    def load_trained(self, directory: str | Path) -> None:
+        self.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
+
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -212,5 +219,5 @@ class BiLSTMModel(nn.Module):
         meta = read_meta(directory)
         tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
         model = cls(ModelConfig.model_validate(meta["model"]), tasks, BiLSTMConfig.model_validate(meta["bilstm"]))
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        model.load_trained(directory)
         return model.eval()

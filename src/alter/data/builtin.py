@@ -96,6 +96,21 @@ BUILTIN_TASKS: list[TaskSpec] = [
             for split, hub_split in (("train", "train"), ("dev", "validation"))
         },
     ),
+    # Only MNLI's matched dev file is here: an auxiliary three-way entailment set (configs/
+    # convergence.yaml trains on it, `train_split: dev_matched, scored: false`).
+    TaskSpec(
+        name="mnli", kind="classification", target="label",
+        inputs={"premise": "premise", "hypothesis": "hypothesis"},
+        template="{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:",
+        labels=["entailment", "neutral", "contradiction"],
+        verbalizer={"entailment": "True", "neutral": "Neither", "contradiction": "False"},
+        splits={
+            split: SplitSource(path=f"glue/MNLI/{split}.jsonl", hub=HubSource(
+                path="nyu-mll/glue", name="mnli", split=split,
+                label_map={"0": "entailment", "1": "neutral", "2": "contradiction"}))
+            for split in ("dev_matched",)
+        },
+    ),
     TaskSpec(
         name="wnli", kind="classification", target="label", **_ENTAILMENT,
         label_map={"1": "entailment", "0": "not_entailment"},

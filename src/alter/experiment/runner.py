@@ -24,6 +24,7 @@ from alter.evaluate.trivial import lead
 from alter.experiment.config import ExperimentConfig, SystemConfig
 from alter.experiment.results import write_results
 from alter.model import MTAModel
+from alter.training.early_stopping import stage_finished
 from alter.training.resume import differences, resume_conflict
 from alter.training.run import run_training
 
@@ -120,12 +121,12 @@ def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path
     checkpoint = source_dir / "stages" / source.stage / "last"
     state = checkpoint / "state.json"
     steps = theirs.stages[len(shared) - 1].steps
-    if not state.exists() or json.loads(state.read_text())["step"] < steps:
+    if not state.exists() or not stage_finished(json.loads(state.read_text()), steps):
         raise FileNotFoundError(f"{checkpoint}: '{source.system}' has not finished {source.stage}; run it first")
-    for label in shared:
-        target = out / "stages" / label / "last"
-        if not target.exists():
-            shutil.copytree(source_dir / "stages" / label / "last", target)
+    for label in shared:  # the whole stage folder: its last checkpoint and its best weights
+        target = out / "stages" / label
+        if not (target / "last").exists():
+            shutil.copytree(source_dir / "stages" / label, target, dirs_exist_ok=True)
     log_path = out / "log.jsonl"
     if not log_path.exists() and (source_dir / "log.jsonl").exists():
         lines = (source_dir / "log.jsonl").read_text().splitlines()

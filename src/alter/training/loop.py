@@ -17,6 +17,7 @@ from alter.data.prepare import StageData
 from alter.distributed import SINGLE, Ranks, finish_gradients, no_sync, wrap
 from alter.trainable import TrainableModel
 from alter.training.checkpoint import load_training_state, read_training_state, save_training_state
+from alter.training.early_stopping import BEST_FOLDER, EarlyStopper
 from alter.training.expert_lr import ExpertStepScaler, routed_shares
 from alter.training.rebalance import TaskPlan, rebalanced_rates
 from alter.training.run_log import RunLog
@@ -63,9 +64,13 @@ def _expert_step_scaler(model: TrainableModel, stage: StageConfig, data: StageDa
 
 
 def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stage_dir: Path, log: RunLog,
-                seed: int, evaluate: Callable[[], float] | None = None, ranks: Ranks = SINGLE,
+                seed: int, evaluate: Callable[[], dict[str, float]] | None = None, ranks: Ranks = SINGLE,
                 unlearned: Callable[[], dict[str, tuple[float, float]]] | None = None) -> StageResult:
     """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`.
+
+    `evaluate` (for `stage.eval_every`) returns each task's main score (0-1) on the examples
+    that choose the best checkpoint; with `stage.early_stopping` the stage may end before its
+    steps and ends with its best weights (alter.training.early_stopping).
 
     `unlearned` (for `stage.rebalance`) scores the validation examples and returns the tasks
     not above their trivial score there, as {task: (score, trivial score)}.
@@ -82,6 +87,9 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     if stage.rebalance and unlearned is None:
         raise ValueError(f"stage '{stage.label}': rebalance needs validation examples (data.validation)")
+    if stage.early_stopping and evaluate is None:
+        raise ValueError(f"stage '{stage.label}': early_stopping needs validation examples (data.validation)")
+    stopper = EarlyStopper(model, stage.early_stopping, trainable, stage_dir) if stage.early_stopping else None
     factor = _schedule(stage)
     plan = TaskPlan(data, stage, seed)
     last = stage_dir / "last"
@@ -101,6 +109,8 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
         step, spent, tokens, best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
         if "rates" in meta:  # the stage rebalanced its tasks before this checkpoint
             plan.redraw(meta["rates_from_step"], meta["rates"])
+        if stopper:
+            stopper.load(meta)
         if ranks.is_main:
             logger.info("%s: resumed from step %d of %d", stage.label, step, stage.steps)
     scaler = _expert_step_scaler(model, stage, replace(data, rates=plan.rates), trainable)
@@ -110,19 +120,39 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
         if ranks.is_main:
             save_training_state(last, model, optimizer, at_step,
                                 {"wall_seconds": spent, "tokens": tokens, "best": best, "stage": stage.label,
-                                 **plan.state()})
+                                 **plan.state(), **(stopper.state() if stopper else {})})
+
+    def follow(rates: list[float], at_step: int) -> None:
+        """Draw the rest of the stage from new task rates (and step the experts by them)."""
+        nonlocal scaler
+        if rates != plan.rates:
+            plan.redraw(at_step, rates)
+            scaler = _expert_step_scaler(model, stage, replace(data, rates=rates), trainable)
 
     def rebalance(at_step: int) -> None:
-        nonlocal scaler
         behind = unlearned()
         rates = rebalanced_rates(data.task_names, plan.rates, list(behind), stage.rebalance)
         log.write({"stage": stage.label, "step": at_step, "not_learned": {
             name: {"validation": score, "trivial": floor} for name, (score, floor) in behind.items()},
             "rates": dict(zip(data.task_names, rates))})
         model.train()
-        if rates != plan.rates:
-            plan.redraw(at_step, rates)
-            scaler = _expert_step_scaler(model, stage, replace(data, rates=rates), trainable)
+        follow(rates, at_step)
+
+    def check(at_step: int) -> None:
+        """Score the validation examples: keep the best model, and stop tasks or the stage."""
+        nonlocal best
+        scores = evaluate()
+        score = 100.0 * sum(scores.values()) / max(len(scores), 1)
+        log.write({"stage": stage.label, "step": at_step, "eval_macro": score, "eval_scores": scores})
+        model.train()
+        if score > best:
+            best = score
+            if ranks.is_main:
+                model.save(stage_dir / BEST_FOLDER, {"stage": stage.label, "step": at_step, "macro": score})
+        if stopper and stopper.observe(scores):
+            log.write({"stage": stage.label, "step": at_step, "stopped_tasks": stopper.stopped,
+                       "best_scores": stopper.best})
+            follow(stopper.rates(data.task_names, plan.rates), at_step)
 
     model.train()
     # Per task: summed loss and number of rows since the last log line (this rank's rows).
@@ -131,7 +161,7 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
                     disable=not ranks.is_main)
     loss_value = float("nan")
     try:
-        while step < stage.steps:
+        while step < stage.steps and not (stopper and stopper.finished):
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = stage.lr * factor(step)
@@ -172,21 +202,20 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
                            "tokens_per_s": tokens / max(spent, 1e-9), "elapsed_s": spent})
                 task_losses.zero_()
             if evaluate and stage.eval_every and (step % stage.eval_every == 0 or step == stage.steps):
-                score = evaluate()
-                log.write({"stage": stage.label, "step": step, "eval_macro": score})
-                model.train()
-                if score > best:
-                    best = score
-                    if ranks.is_main:
-                        model.save(stage_dir / "best", {"stage": stage.label, "step": step, "macro": score})
+                check(step)
             if stage.rebalance and step % stage.rebalance.every == 0 and step < stage.steps:
                 rebalance(step)
-            if step % stage.save_every == 0 or step == stage.steps:
+            if step % stage.save_every == 0 or step == stage.steps or (stopper and stopper.finished):
                 save(step)
     except KeyboardInterrupt:
         save(step)
         progress.close()
         raise
     progress.close()
+    if stopper:
+        if ranks.is_main:
+            log.write({"stage": stage.label, "step": step, "early_stopped": step < stage.steps,
+                       "best_macro": best, **({"best_scores": stopper.best} if stopper.best else {})})
+        stopper.restore()
     model.eval()
     return StageResult(stage.label, step, sum(p.numel() for p in params), spent, tokens / max(spent, 1e-9), loss_value)

@@ -70,7 +70,7 @@ def run_training(config: Config,
         stage_rows = data[stage.train_on] if stage.mixture is None else with_mixture(config, data[stage.train_on],
                                                                                       stage.mixture)
         result = train_stage(model, stage, stage_rows, out / "stages" / stage.label,
-                             run_log, seed=config.seed + index, evaluate=score.selection_macro, ranks=ranks,
+                             run_log, seed=config.seed + index, evaluate=score.selection_scores, ranks=ranks,
                              unlearned=score.unlearned if stage.rebalance else None)
         stages.append(result)
         if stage.prune_to:

@@ -12,7 +12,7 @@ from alter.calibration import fit_offsets
 from alter.config import EvalConfig
 from alter.data.task import Example, Task
 from alter.distributed import Ranks
-from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, macro_average, predict_shared
+from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, main_score, predict_shared
 from alter.evaluate.predictions import write_predictions
 from alter.evaluate.trivial import not_above_trivial
 from alter.training.run_log import RunLog
@@ -55,11 +55,12 @@ class Scorer:
             self.run_log.scores(name, result.metrics, stage)
         return scores
 
-    def selection_macro(self) -> float:
-        """What `eval_every` keeps the best checkpoint by: the held-out training examples when
-        the config holds some out (`data.validation`), else the evaluation split."""
-        return macro_average(self.tasks, evaluate(self.model, self.validation or self.eval_sets, self.config,
-                                                  self.ranks))
+    def selection_scores(self) -> dict[str, float]:
+        """What `eval_every` keeps the best checkpoint (and early stopping stops) by: each
+        task's main score (0-1) on the held-out training examples when the config holds some
+        out (`data.validation`), else on the evaluation split."""
+        results = evaluate(self.model, self.validation or self.eval_sets, self.config, self.ranks)
+        return {task.name: main_score(task, results[task.name]) for task in self.tasks if task.name in results}
 
     def unlearned(self) -> dict[str, tuple[float, float]]:
         """The scored tasks whose main score on the validation examples is not above their

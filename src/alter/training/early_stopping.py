@@ -1,0 +1,150 @@
+"""Early stopping: a stage ends when its validation score stops improving, with its best weights.
+
+For the whole model, the best evaluation's checkpoint (`stage_dir/best`, which the loop writes
+whenever the validation macro improves) is loaded when the stage ends. Per task, each task
+stops on its own: its rows leave the mixture once it has not improved for `patience`
+evaluations, and when the stage ends its own weights (`TrainableModel.task_parameters`: its
+expert's rows, its gate row, its head) are put back to those of its best evaluation. That is
+only sound when no trained weight serves two tasks, which `check_isolated` makes sure of.
+
+Everything the stopper knows is in the stage's checkpoint (`state`) and in
+`stage_dir/best_per_task.safetensors`, so an interrupted stage resumes, and a stopped one
+stays stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from alter.config import EarlyStoppingConfig
+from alter.trainable import TrainableModel
+
+BEST_FOLDER = "best"
+BEST_PER_TASK_FILE = "best_per_task.safetensors"
+
+Owned = dict[str, int | None]  # parameter name -> the task's row of it (None: all of it)
+
+
+def check_isolated(owned: dict[str, Owned], trainable: dict[str, nn.Parameter]) -> None:
+    """Every trained weight belongs to one task: a whole tensor to one task, or each row of a
+    stacked tensor to one task. Raises ValueError naming the first weight that does not."""
+    claims: dict[str, dict[int | None, list[str]]] = {}
+    for task, rows in owned.items():
+        for name, row in rows.items():
+            claims.setdefault(name, {}).setdefault(row, []).append(task)
+    for name, param in trainable.items():
+        rows = claims.get(name)
+        shared = None
+        if rows is None:
+            shared = "is trained for every task (a shared adapter, router or backbone weight)"
+        elif any(len(tasks) > 1 for tasks in rows.values()) or (None in rows and len(rows) > 1):
+            shared = f"serves several tasks ({', '.join(sorted({t for ts in rows.values() for t in ts}))})"
+        elif None not in rows and len(rows) < param.shape[0]:
+            shared = f"has {param.shape[0] - len(rows)} row(s) no single task owns (a shared expert)"
+        if shared:
+            raise ValueError(f"early_stopping.per_task keeps each task's best weights apart, but {name} {shared}; "
+                             "train without a shared expert or shared LoRA, one expert per task, or stop the "
+                             "whole stage at once (per_task: false)")
+
+
+class EarlyStopper:
+    def __init__(self, model: TrainableModel, config: EarlyStoppingConfig, trainable: dict[str, nn.Parameter],
+                 stage_dir: Path):
+        self.model, self.config, self.stage_dir = model, config, stage_dir
+        self.best_macro, self.waited = -math.inf, 0  # the whole model
+        self.best: dict[str, float] = {}  # per task: best main score (0-100) and evaluations since
+        self.task_waited: dict[str, int] = {}
+        self.stopped: list[str] = []
+        self.finished = False
+        self.owned: dict[str, Owned] = {}
+        if config.per_task:
+            self.owned = {task.name: model.task_parameters(model.task_id(task.name)) for task in model.tasks}
+            check_isolated(self.owned, trainable)
+
+    def observe(self, scores: dict[str, float]) -> bool:
+        """Take one evaluation's validation scores ({task: main score, 0-1}); whether a task
+        stopped at it (the mixture then changes). Sets `finished` when the stage should end."""
+        if not self.config.per_task:
+            macro = 100.0 * sum(scores.values()) / max(len(scores), 1)
+            self.waited = 0 if macro > self.best_macro + self.config.min_delta else self.waited + 1
+            self.best_macro = max(self.best_macro, macro)
+            self.finished = self.waited >= self.config.patience
+            return False
+        newly = False
+        for task, score in scores.items():
+            if task in self.stopped:
+                continue
+            if 100.0 * score > self.best.get(task, -math.inf) + self.config.min_delta:
+                self.best[task], self.task_waited[task] = 100.0 * score, 0
+                self._snapshot(task)
+            else:
+                self.task_waited[task] = self.task_waited.get(task, 0) + 1
+                if self.task_waited[task] >= self.config.patience:
+                    self.stopped.append(task)
+                    newly = True
+        self.finished = all(task in self.stopped for task in scores)
+        return newly
+
+    def rates(self, task_names: Sequence[str], rates: Sequence[float]) -> list[float]:
+        """`rates` without the stopped tasks, renormalised (unchanged if nothing would be left)."""
+        kept = [0.0 if name in self.stopped else rate for name, rate in zip(task_names, rates)]
+        total = sum(kept)
+        return [rate / total for rate in kept] if total > 0 else list(rates)
+
+    # --- the best weights -------------------------------------------------------------------
+    def _snapshot(self, task: str) -> None:
+        """Write the task's own weights as they are now into the per-task best file."""
+        path = self.stage_dir / BEST_PER_TASK_FILE
+        kept = load_file(str(path)) if path.exists() else {}
+        params = dict(self.model.named_parameters())
+        for name, row in self.owned[task].items():
+            value = params[name].detach()
+            kept[f"{task}/{name}"] = (value if row is None else value[row]).cpu().clone()
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(kept, str(tmp))
+        os.replace(tmp, path)  # a run killed while writing keeps the previous file
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the best weights back: the whole model's best checkpoint, or each task's own."""
+        if not self.config.per_task:
+            if (self.stage_dir / BEST_FOLDER).exists():
+                self.model.load_trained(self.stage_dir / BEST_FOLDER)
+            return
+        path = self.stage_dir / BEST_PER_TASK_FILE
+        if not path.exists():
+            return
+        params = dict(self.model.named_parameters())
+        for key, value in load_file(str(path)).items():
+            task, name = key.split("/", 1)
+            row = self.owned[task][name]
+            target = params[name] if row is None else params[name][row]
+            target.copy_(value.to(target.device, target.dtype))
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"early_stopping": {"best_macro": self.best_macro if math.isfinite(self.best_macro) else None,
+                                   "waited": self.waited, "best": self.best, "task_waited": self.task_waited,
+                                   "stopped": self.stopped, "finished": self.finished}}
+
+    def load(self, meta: dict[str, Any]) -> None:
+        saved = meta.get("early_stopping")
+        if not saved:
+            return
+        self.best_macro = saved["best_macro"] if saved["best_macro"] is not None else -math.inf
+        self.waited, self.best, self.task_waited = saved["waited"], saved["best"], saved["task_waited"]
+        self.stopped, self.finished = saved["stopped"], saved["finished"]
+
+
+def stage_finished(meta: dict[str, Any], steps: int) -> bool:
+    """Whether a stage checkpoint's JSON part says the stage is over (its steps, or stopped)."""
+    return meta["step"] >= steps or bool(meta.get("early_stopping", {}).get("finished"))

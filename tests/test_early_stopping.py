@@ -1,0 +1,165 @@
+"""Early stopping (`stages[].early_stopping`): the stage ends at its plateau with its best
+weights; per task, each task stops on its own and keeps its own best weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alter.config import ConfigError, EarlyStoppingConfig, SharedLoraConfig, StageConfig, parse_config
+from alter.model import MTAModel
+from alter.training.early_stopping import EarlyStopper, stage_finished
+from alter.training.loop import train_stage
+from alter.training.run_log import RunLog
+from tests.conftest import model_config, stage_rows
+
+RATES = {"sst2": 0.5, "rte": 0.5}
+
+
+class Scripted:
+    """An `evaluate` that returns the next scores of a script ({task: [score per evaluation]})
+    and records the weights the model had at each evaluation."""
+
+    def __init__(self, model, script: dict[str, list[float]], done: int = 0):
+        self.model, self.script, self.calls, self.weights = model, script, done, []
+
+    def __call__(self) -> dict[str, float]:
+        self.weights.append({name: p.detach().clone() for name, p in self.model.named_parameters()
+                             if p.requires_grad})
+        scores = {task: values[min(self.calls, len(values) - 1)] for task, values in self.script.items()}
+        self.calls += 1
+        return scores
+
+
+def _model(registry, head="classifier", **mta):
+    torch.manual_seed(0)
+    return MTAModel(model_config("tiny-bert", head=head, kind="lora", rank=2, **mta),
+                    [registry.get(name) for name in RATES])
+
+
+def _stage(per_task: bool, patience: int = 2, steps: int = 40) -> StageConfig:
+    return StageConfig("stage1", steps=steps, lr=5e-2, warmup_ratio=0.0, eval_every=2, save_every=4,
+                       early_stopping=EarlyStoppingConfig(patience=patience, per_task=per_task))
+
+
+def _log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_stage_stops_at_its_plateau_and_ends_with_its_best_weights(registry, samples, tmp_path):
+    model = _model(registry)
+    # Macro 55, 60 (best, 2nd evaluation), 57.5, 57: two evaluations without a gain -> stop at the 4th.
+    evaluate = Scripted(model, {"sst2": [0.5, 0.6, 0.55, 0.54], "rte": [0.6, 0.6, 0.6, 0.6]})
+    result = train_stage(model, _stage(per_task=False), stage_rows(model, samples, RATES), tmp_path / "s1",
+                         RunLog(tmp_path / "log.jsonl"), 0, evaluate=evaluate)
+    assert result.steps == 8 and evaluate.calls == 4
+    for name, value in evaluate.weights[1].items():  # the weights of the best evaluation (step 4)
+        torch.testing.assert_close(dict(model.named_parameters())[name].detach(), value, rtol=0, atol=0)
+    assert any((evaluate.weights[3][name] != value).any() for name, value in evaluate.weights[1].items())
+    last = _log(tmp_path / "log.jsonl")[-1]
+    assert last["early_stopped"] and last["best_macro"] == pytest.approx(60.0)
+    state = json.loads((tmp_path / "s1" / "last" / "state.json").read_text())
+    assert state["step"] == 8 and stage_finished(state, 40)
+
+
+def test_each_task_stops_on_its_own_and_keeps_its_own_best(registry, samples, tmp_path):
+    model = _model(registry)
+    # sst2 peaks at the first evaluation and then stalls: it stops at the third (step 6); rte
+    # improves until the fifth (step 10) and stops at the seventh (step 14), which ends the stage.
+    script = {"sst2": [0.7, 0.6, 0.6], "rte": [0.5, 0.55, 0.6, 0.65, 0.7, 0.6, 0.6]}
+    evaluate = Scripted(model, script)
+    log = tmp_path / "log.jsonl"
+    result = train_stage(model, _stage(per_task=True), stage_rows(model, samples, RATES), tmp_path / "s1",
+                         RunLog(log), 0, evaluate=evaluate)
+    assert result.steps == 14
+    stops = [record for record in _log(log) if "stopped_tasks" in record]
+    assert [(r["step"], r["stopped_tasks"]) for r in stops] == [(6, ["sst2"]), (14, ["sst2", "rte"])]
+    params = dict(model.named_parameters())
+    for task, best in (("sst2", 0), ("rte", 4)):
+        trained = {name: row for name, row in model.task_parameters(model.task_id(task)).items()
+                   if name in evaluate.weights[0]}  # its expert rows and head (its gate row waits for stage 2)
+        assert any(row is not None for row in trained.values()) and None in trained.values()
+        for name, row in trained.items():
+            now, then = params[name].detach(), evaluate.weights[best][name]
+            torch.testing.assert_close(now if row is None else now[row], then if row is None else then[row],
+                                       rtol=0, atol=0)
+    # After sst2 stopped (step 6), its rows left the mixture: its head took no more steps.
+    head = "head.heads.sst2.weight"
+    assert not torch.equal(evaluate.weights[0][head], evaluate.weights[2][head])  # it trained before
+    torch.testing.assert_close(evaluate.weights[2][head], evaluate.weights[6][head], rtol=0, atol=0)
+    restored = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    again = _model(registry)  # the same command again: the stage is over, the best weights come back
+    train_stage(again, _stage(per_task=True), stage_rows(again, samples, RATES), tmp_path / "s1",
+                RunLog(tmp_path / "again.jsonl"), 0, evaluate=Scripted(again, script))
+    for name, value in again.named_parameters():
+        torch.testing.assert_close(value.detach(), restored[name], rtol=0, atol=0)
+
+
+def test_an_interrupted_per_task_stage_resumes_to_the_same_weights(registry, samples, tmp_path, monkeypatch):
+    script = {"sst2": [0.7, 0.6, 0.6], "rte": [0.5, 0.55, 0.6, 0.65, 0.7, 0.6, 0.6]}
+    whole = _model(registry)
+    train_stage(whole, _stage(per_task=True), stage_rows(whole, samples, RATES), tmp_path / "whole",
+                RunLog(tmp_path / "whole.jsonl"), 0, evaluate=Scripted(whole, script))
+
+    model = _model(registry)
+    evaluate = Scripted(model, script)
+    calls = {"n": 0}
+    original = model.forward
+
+    def crash_at_step_11(rows):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return original(rows)
+
+    monkeypatch.setattr(model, "forward", crash_at_step_11)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(model, _stage(per_task=True), stage_rows(model, samples, RATES), tmp_path / "crash",
+                    RunLog(tmp_path / "crash.jsonl"), 0, evaluate=evaluate)
+    resumed = _model(registry)
+    # The evaluations before the crash ran; the script continues from the checkpoint's step (10).
+    train_stage(resumed, _stage(per_task=True), stage_rows(resumed, samples, RATES), tmp_path / "crash",
+                RunLog(tmp_path / "crash.jsonl"), 0,
+                evaluate=Scripted(resumed, script, done=5))
+    for name, value in resumed.named_parameters():
+        torch.testing.assert_close(value.detach(), dict(whole.named_parameters())[name].detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mta,lora,shared", [
+    ({"shared_expert": True}, False, r"row\(s\) no single task owns"),
+    ({"assignment": {"sst2": 0, "rte": 0}, "num_experts": 1}, False, "serves several tasks"),
+    ({"enabled": False}, True, "is trained for every task"),
+])
+def test_per_task_stopping_refuses_weights_that_tasks_share(registry, mta, lora, shared):
+    model = _model(registry, **mta)
+    if lora:
+        model = MTAModel(model.config.model_copy(update={"lora": SharedLoraConfig(targets=["query", "value"])}),
+                         model.tasks)
+    from alter.training.stages import prepare_stage
+
+    trainable = prepare_stage(model, StageConfig("stage1"))
+    with pytest.raises(ValueError, match=shared):
+        EarlyStopper(model, EarlyStoppingConfig(per_task=True), trainable, None)
+
+
+def test_stage_two_gates_are_each_task_s_own(registry):
+    """In stage 2 only the task gates train: one row of each per task, so each task may stop alone."""
+    model = _model(registry)
+    from alter.training.stages import prepare_stage
+
+    trainable = prepare_stage(model, StageConfig("stage2", early_stopping=None))
+    EarlyStopper(model, EarlyStoppingConfig(per_task=True), trainable, None)  # no error
+    owned = model.task_parameters(model.task_id("rte"))
+    assert {name for name in owned if "gate" in name} and all(owned[name] == 1 for name in owned if "gate" in name)
+
+
+def test_early_stopping_needs_evaluations_and_validation_examples():
+    with pytest.raises(ConfigError, match="early_stopping: set eval_every"):
+        parse_config({"data": {"tasks": ["rte"], "validation": 10},
+                      "stages": [{"kind": "stage1", "early_stopping": {"patience": 2}}]})
+    with pytest.raises(ConfigError, match="set data.validation"):
+        parse_config({"data": {"tasks": ["rte"]},
+                      "stages": [{"kind": "stage1", "eval_every": 5, "early_stopping": {"patience": 2}}]})
