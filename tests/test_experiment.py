@@ -138,6 +138,10 @@ systems:
     set:
       model: {{mta: {{enabled: false}}, lora: {{r: 4, targets: [q_proj, v_proj]}}}}
       stages: [{{kind: joint, steps: 6, batch_size: 4, lr: 1.0e-3}}]
+  peer:  # a peer library's run, written by its own program
+    kind: external
+    seeds: [0]
+    written_by: bench/peers/some-peer.py
 """
 
 
@@ -226,3 +230,20 @@ def test_a_finished_system_whose_config_changed_is_refused_not_mixed(seeded, tmp
     (tmp_path / "changed.yaml").write_text(changed)
     with pytest.raises(ConfigError, match=r"seed 0, system mta: .*stages.1.lr: 0.01 -> 0.03"):
         run_experiment(load_experiment(tmp_path / "changed.yaml"))
+
+
+def test_an_external_system_is_read_once_its_program_wrote_it(seeded, caplog):
+    config, results, out = seeded
+    assert "peer" not in results["systems"]  # not written yet: skipped with a warning, nothing fails
+    peer = out / "seed0" / "peer"
+    peer.mkdir(exist_ok=True)
+    # The peer's files in alter's formats: here, a copy of mta's own on seed 0.
+    mta = json.loads((out / "seed0" / "mta" / "result.json").read_text())
+    (peer / "predictions_final.json").write_text((out / "seed0" / "mta" / "predictions_final.json").read_text())
+    (peer / "result.json").write_text(json.dumps({key: mta[key] for key in (
+        "tasks", "macro", "train_seconds", "trainable_params", "predictions", "eval_examples")}))
+    paired = run_experiment(config, only=["peer"])["systems"]["peer"]["paired_vs_mta"]
+    assert paired["macro_diff"] == 0.0 and paired["seeds"] == [0]
+    with pytest.raises(ConfigError, match="written_by"):
+        (out / "bad.yaml").write_text(SEEDED.format(out=out).replace("    written_by: bench/peers/some-peer.py\n", ""))
+        load_experiment(out / "bad.yaml")

@@ -28,8 +28,11 @@ class SystemConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # train: a training run of the merged config; after_stage: the scores of another system's
-    # model after one of its stages (no training of its own); lead: first sentences as summary.
-    kind: Literal["train", "after_stage", "lead"] = "train"
+    # model after one of its stages (no training of its own); lead: first sentences as summary;
+    # external: a peer run by its own program (`written_by`), which writes the system's
+    # result.json and per-example predictions into the experiment's folders itself.
+    kind: Literal["train", "after_stage", "lead", "external"] = "train"
+    written_by: str | None = None  # external: the command that writes it
     set: dict[str, Any] = {}  # merged into the base config (mappings merge, lists replace)
     tasks: list[str] | None = None  # a subset of the base tasks (e.g. an encoder cannot summarise)
     architecture: Literal["transformer", "bilstm"] = "transformer"
@@ -50,6 +53,8 @@ class SystemConfig(BaseModel):
     def _check_kind(self) -> SystemConfig:
         if self.kind == "after_stage" and not (self.of and self.stage):
             raise ValueError("kind after_stage needs `of` (a system) and `stage` (one of its stages)")
+        if self.kind == "external" and not self.written_by:
+            raise ValueError("kind external needs `written_by`, the command that writes its results")
         return self
 
 

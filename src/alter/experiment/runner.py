@@ -50,6 +50,10 @@ def run_experiment(config: ExperimentConfig, only: list[str] | None = None) -> d
                 _check_unchanged(config, name, seed, target.parent)
                 log.info("seed %d, %s: done before, kept", seed, name)
                 continue
+            if config.systems[name].kind == "external":
+                log.warning("seed %d, %s: not run yet; its own program writes it: %s", seed, name,
+                            config.systems[name].written_by)
+                continue
             log.info("seed %d, %s: running", seed, name)
             target.parent.mkdir(parents=True, exist_ok=True)
             result = run_system(config, name, seed, target.parent)
