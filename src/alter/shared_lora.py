@@ -17,8 +17,10 @@ ADAPTER = "default"
 
 
 def add_shared_lora(backbone: nn.Module, config: SharedLoraConfig) -> None:
-    present = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
-    missing = [target for target in config.targets if target not in present]
+    # PEFT's rule: a target names a module by the end of its path (`value`, `intermediate.dense`).
+    names = [name for name, _ in backbone.named_modules()]
+    missing = [target for target in config.targets
+               if not any(name == target or name.endswith("." + target) for name in names)]
     if missing:
         raise ValueError(f"model.lora.targets: no module named {', '.join(missing)} in this backbone "
                          f"(linear layers it has include: {', '.join(sorted(_linear_names(backbone))[:8])})")
