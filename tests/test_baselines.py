@@ -54,6 +54,15 @@ def test_an_absent_lora_target_names_the_modules_there_are(registry):
         lora_model(registry, ["sst2"], targets=["c_attn"])
 
 
+def test_a_lora_target_may_name_the_end_of_a_module_path(registry):
+    """As in PEFT: `mlp.up_proj` names each block's FFN up-projection, `1.mlp.up_proj` only the second block's."""
+    model = lora_model(registry, ["sst2"], targets=["mlp.up_proj", "1.mlp.down_proj"])
+    wrapped = sorted({name.split(".lora_")[0] for name in model.param_groups()["adapters"]})
+    assert [name.split("layers.")[-1] for name in wrapped] == ["0.mlp.up_proj", "1.mlp.down_proj", "1.mlp.up_proj"]
+    with pytest.raises(ValueError, match="no module named attn.up_proj"):
+        lora_model(registry, ["sst2"], targets=["attn.up_proj"])
+
+
 def test_the_bilstm_learns_each_kind_of_task_and_predicts(registry, samples, tmp_path):
     names = ["sst2", "stsb", "dialogsum"]
     model = BiLSTMModel(model_config("tiny-llama"), [registry.get(name) for name in names],
