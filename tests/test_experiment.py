@@ -81,6 +81,12 @@ def test_the_command_line_names_a_bad_key_and_an_unknown_system(tmp_path):
     result = runner.invoke(app, ["experiment", str(TINY), "--set", f"output_dir={tmp_path}", "--only", "mtaa"])
     assert result.exit_code == 2
     assert "--only: no system mtaa" in result.output
+    result = runner.invoke(app, ["experiment", str(TINY), "--set", f"output_dir={tmp_path}", "--seeds", "7"])
+    assert result.exit_code == 2
+    assert "--seeds: [7] not among the experiment's seeds" in result.output
+    result = runner.invoke(app, ["experiment", str(TINY), "--set", f"output_dir={tmp_path}", "--seeds", "0,x"])
+    assert result.exit_code == 2
+    assert "--seeds: '0,x' is not a comma-separated list of integers" in result.output
 
 
 def test_a_single_task_system_keeps_the_tasks_it_finished(finished, monkeypatch):

@@ -106,7 +106,8 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
 @friendly_errors
 def experiment(config: Annotated[Path, typer.Argument(help="experiment YAML file")],
                set_: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value")] = None,
-               only: Annotated[Optional[str], typer.Option(help="comma-separated systems to run")] = None) -> None:
+               only: Annotated[Optional[str], typer.Option(help="comma-separated systems to run")] = None,
+               seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds to run now")] = None) -> None:
     """Train and score every system of an experiment over its seeds; resumable, so run it
     again to finish an interrupted one (finished systems are not run again)."""
     from alter.experiment.config import load_experiment
@@ -116,7 +117,11 @@ def experiment(config: Annotated[Path, typer.Argument(help="experiment YAML file
         raise typer.BadParameter("alter experiment runs on one process; launch `alter train` under torchrun "
                                  "to train one system on several (docs/scaling.md)")
     cfg = load_experiment(config, set_ or [])
-    results = run_experiment(cfg, only.split(",") if only else None)
+    try:
+        seed_list = [int(seed) for seed in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise typer.BadParameter(f"--seeds: {seeds!r} is not a comma-separated list of integers")
+    results = run_experiment(cfg, only.split(",") if only else None, seed_list)
     console.print(experiment_table(results, cfg.output_dir))
     for line in results["shortfalls"]:
         console.print(f"[yellow]not learned:[/yellow] {line}")

@@ -32,16 +32,21 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 
 
-def run_experiment(config: ExperimentConfig, only: list[str] | None = None) -> dict[str, Any]:
+def run_experiment(config: ExperimentConfig, only: list[str] | None = None,
+                   seeds: list[int] | None = None) -> dict[str, Any]:
+    """Run what is not run yet (of the systems in `only` and the seeds in `seeds`, where given)
+    and write the results of everything run so far."""
     out = Path(config.output_dir)
     unknown = [name for name in only or [] if name not in config.systems]
     if unknown:
         raise ValueError(f"--only: no system {', '.join(unknown)} in this experiment "
                          f"(its systems: {', '.join(config.systems)})")
+    if unknown_seeds := [seed for seed in seeds or [] if seed not in config.seeds]:
+        raise ValueError(f"--seeds: {unknown_seeds} not among the experiment's seeds {config.seeds}")
     # A system read from another one's run, or started from its checkpoint, comes after it.
     order = sorted(config.systems, key=lambda name: (config.systems[name].kind == "after_stage",
                                                      config.systems[name].starts_from is not None))
-    for seed in config.seeds:
+    for seed in seeds or config.seeds:
         for name in order:
             if (only and name not in only) or seed not in config.system_seeds(name):
                 continue
