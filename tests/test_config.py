@@ -31,6 +31,13 @@ def test_every_system_of_the_shipped_experiments_is_a_valid_train_config(name, t
             experiment.train_config(system, experiment.seeds[0], tmp_path / system)
 
 
+def test_routed_share_steps_need_mixed_batches(tmp_path):
+    path = write(tmp_path, "data: {tasks: [sst2]}\n"
+                           "stages: [{kind: stage1, batches: one_task, expert_lr: routed_share}]\n")
+    with pytest.raises(ConfigError, match="with batches: one_task each expert steps on whole batches"):
+        load_config(path)
+
+
 def test_unknown_key_is_named(tmp_path):
     path = write(tmp_path, "data: {tasks: [sst2]}\nmodel: {mta: {rnak: 4}}\n")
     with pytest.raises(ConfigError, match=r"model.mta.rnak: unknown key"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -124,6 +125,22 @@ def test_batch_plan_is_fixed_by_the_seed_and_groups_lengths():
         for task, _ in batch:
             counts[task] += 1
     assert abs(counts[0] - counts[1]) < 20
+
+
+def test_one_task_batches_hold_one_task_each_drawn_by_the_rates():
+    lengths = [[5, 50, 7, 48, 6, 52, 9, 40], [100, 3, 99, 4], [10, 11, 12]]
+    plan = batch_plan(lengths, [0.6, 0.3, 0.1], num_batches=200, batch_size=4, seed=3, one_task=True)
+    assert plan == batch_plan(lengths, [0.6, 0.3, 0.1], num_batches=200, batch_size=4, seed=3, one_task=True)
+    assert len(plan) == 200 and all(len(batch) == 4 for batch in plan)
+    tasks = [{task for task, _ in batch} for batch in plan]
+    assert all(len(task) == 1 for task in tasks)
+    shares = [sum(task == {t} for task in tasks) / 200 for t in range(3)]
+    assert shares == pytest.approx([0.6, 0.3, 0.1], abs=0.08)
+    # Each task walks through permutations of its examples: every one comes as often as another, give or take one.
+    drawn = Counter(index for batch in plan if batch[0][0] == 0 for _, index in batch)
+    assert len(drawn) == 8 and max(drawn.values()) - min(drawn.values()) <= 1
+    # A task at rate 0 (stopped) gets no batch.
+    assert all(batch[0][0] != 2 for batch in batch_plan(lengths, [0.5, 0.5, 0.0], 50, 4, 1, one_task=True))
 
 
 def test_candidate_distribution_is_one_hot_for_labels_and_splits_scores_between_bins(registry):

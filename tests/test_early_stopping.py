@@ -128,6 +128,21 @@ def test_an_interrupted_per_task_stage_resumes_to_the_same_weights(registry, sam
         torch.testing.assert_close(value.detach(), dict(whole.named_parameters())[name].detach(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("until_learned,stops_at", [(True, 14), (False, 6)])
+def test_a_task_at_its_trivial_score_waits_to_learn(registry, samples, tmp_path, until_learned, stops_at):
+    """rte sits at its trivial score (all-positive F1 0.8) for four evaluations, then learns; a
+    patience that counted those checks would stop it before it starts."""
+    model = _model(registry)
+    script = {"sst2": [0.7, 0.6, 0.6], "rte": [0.8, 0.8, 0.8, 0.8, 0.85, 0.84, 0.84]}
+    stage = StageConfig("stage1", steps=40, lr=5e-2, warmup_ratio=0.0, eval_every=2, save_every=4,
+                        early_stopping=EarlyStoppingConfig(patience=2, per_task=True, until_learned=until_learned))
+    log = tmp_path / "log.jsonl"
+    train_stage(model, stage, stage_rows(model, samples, RATES), tmp_path / "s1", RunLog(log), 0,
+                evaluate=Scripted(model, script), floors={"sst2": 0.5, "rte": 0.8})
+    rte_stopped = [r["step"] for r in _log(log) if "rte" in r.get("stopped_tasks", [])]
+    assert rte_stopped[0] == stops_at
+
+
 @pytest.mark.parametrize("mta,lora,shared", [
     ({"shared_expert": True}, False, r"row\(s\) no single task owns"),
     ({"assignment": {"sst2": 0, "rte": 0}, "num_experts": 1}, False, "serves several tasks"),

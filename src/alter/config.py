@@ -123,11 +123,17 @@ class EarlyStoppingConfig(_Strict):
     own weights (its expert, gate row and head) are restored to those of its best evaluation;
     the stage ends when every task with validation examples has stopped. It needs tasks that
     share no trained weight (no shared expert or shared LoRA in training, one expert per task),
-    as AdapterFusion's single-task adapters."""
+    as AdapterFusion's single-task adapters.
+
+    `until_learned` (per task): a task whose validation score is not yet above its trivial
+    score there (mrpc's all-positive F1, cola's MCC of 0) counts no patience: a main metric
+    that stays flat until the model passes the trivial rule would otherwise stop a task that
+    has not started to learn. It trains on until it rises above it, or the stage's steps run out."""
 
     patience: int = Field(default=3, ge=1)
     min_delta: float = Field(default=0.0, ge=0)  # on the 0-100 scale: a smaller gain is no improvement
     per_task: bool = False
+    until_learned: bool = True
 
 
 class StageConfig(_Strict):
@@ -146,6 +152,10 @@ class StageConfig(_Strict):
     train_backbone: bool = False
     train_heads: bool | None = None  # default: yes in stage1/joint, no in stage2
     mixture: MixtureConfig | None = None  # this stage's task rates, when not `data.mixture`
+    # What a batch holds: rows of tasks drawn one by one (`mixed`), or `one_task`: each batch is
+    # one task's, drawn by the rates, so that a task's expert and head step on a whole batch of
+    # their task instead of its rate's share of a mixed one (a few rows, a noisy gradient).
+    batches: Literal["mixed", "one_task"] = "mixed"
     rebalance: RebalanceConfig | None = None  # rates that follow which tasks have not learned yet
     # What the stage trains on: the training examples, or `data.held_out`, examples that the
     # earlier stages never saw: gates fitted there learn which experts carry over to new inputs.
@@ -185,6 +195,14 @@ class StageConfig(_Strict):
     def _early_stopping_needs_evaluations(self) -> StageConfig:
         if self.early_stopping is not None and self.eval_every is None:
             raise ValueError("early_stopping: set eval_every, how often the validation score is checked")
+        return self
+
+    @model_validator(mode="after")
+    def _routed_share_needs_mixed_batches(self) -> StageConfig:
+        if self.expert_lr == "routed_share" and self.batches == "one_task":
+            raise ValueError("expert_lr: routed_share scales an expert's steps by its share of a mixed batch's "
+                             "rows; with batches: one_task each expert steps on whole batches of its task: "
+                             "use expert_lr: same")
         return self
 
     @model_validator(mode="after")

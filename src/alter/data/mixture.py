@@ -35,13 +35,17 @@ def mixture_rates(sizes: dict[str, int], sampling: Sampling = "proportional", te
 
 
 def batch_plan(lengths: Sequence[Sequence[int]], rates: Sequence[float], num_batches: int,
-               batch_size: int, seed: int, pool_batches: int = 16) -> list[list[tuple[int, int]]]:
+               batch_size: int, seed: int, pool_batches: int = 16,
+               one_task: bool = False) -> list[list[tuple[int, int]]]:
     """The whole run's batches, as (task index, example index) pairs, fixed by the seed.
 
-    Tasks are drawn by their rates; each task walks through fresh permutations of its
-    examples. Every `pool_batches` batches' worth of draws is sorted by length and cut into
-    batches (little padding), whose order is then shuffled. Because the plan depends only on
-    the seed, a resumed run continues with exactly the batches it would have seen.
+    Tasks are drawn by their rates: for each row of a mixed batch, or, with `one_task`, for each
+    batch, which then holds `batch_size` rows of that task alone (MT-DNN's task-homogeneous
+    batches: a task's expert and head step on a whole batch of their task, not on its few rows
+    of a mixed one). Each task walks through fresh permutations of its examples. Every
+    `pool_batches` batches' worth of draws is sorted by length (per task, with `one_task`) and
+    cut into batches (little padding), whose order is then shuffled. Because the plan depends
+    only on the seed, a resumed run continues with exactly the batches it would have seen.
     """
     rng = np.random.default_rng(seed)
     permutations = [np.empty(0, dtype=int) for _ in lengths]
@@ -54,12 +58,20 @@ def batch_plan(lengths: Sequence[Sequence[int]], rates: Sequence[float], num_bat
         cursors[task] += 1
         return int(permutations[task][cursors[task] - 1])
 
+    def by_length(draws: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        draws.sort(key=lambda pair: lengths[pair[0]][pair[1]])
+        return [draws[i: i + batch_size] for i in range(0, len(draws), batch_size)]
+
     plan: list[list[tuple[int, int]]] = []
     while len(plan) < num_batches:
         count = min(pool_batches, num_batches - len(plan))
-        tasks = rng.choice(len(lengths), size=count * batch_size, p=np.asarray(rates))
-        draws = [(int(task), next_example(int(task))) for task in tasks]
-        draws.sort(key=lambda pair: lengths[pair[0]][pair[1]])
-        batches = [draws[i: i + batch_size] for i in range(0, len(draws), batch_size)]
+        if one_task:
+            batch_tasks = rng.choice(len(lengths), size=count, p=np.asarray(rates))
+            batches = [batch for task in sorted(set(batch_tasks.tolist()))
+                       for batch in by_length([(task, next_example(task))
+                                               for _ in range(int((batch_tasks == task).sum()) * batch_size)])]
+        else:
+            tasks = rng.choice(len(lengths), size=count * batch_size, p=np.asarray(rates))
+            batches = by_length([(int(task), next_example(int(task))) for task in tasks])
         plan.extend(batches[i] for i in rng.permutation(len(batches)))
     return plan

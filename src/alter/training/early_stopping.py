@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alter.config import EarlyStoppingConfig
+from alter.evaluate.trivial import beats_trivial
 from alter.trainable import TrainableModel
 
 BEST_FOLDER = "best"
@@ -57,8 +58,11 @@ def check_isolated(owned: dict[str, Owned], trainable: dict[str, nn.Parameter]) 
 
 class EarlyStopper:
     def __init__(self, model: TrainableModel, config: EarlyStoppingConfig, trainable: dict[str, nn.Parameter],
-                 stage_dir: Path):
+                 stage_dir: Path, floors: dict[str, float] | None = None):
+        """`floors`: each task's trivial main score (0-1) on the examples `observe` is given,
+        for `config.until_learned`."""
         self.model, self.config, self.stage_dir = model, config, stage_dir
+        self.floors = floors or {}
         self.best_macro, self.waited = -math.inf, 0  # the whole model
         self.best: dict[str, float] = {}  # per task: best main score (0-100) and evaluations since
         self.task_waited: dict[str, int] = {}
@@ -85,6 +89,8 @@ class EarlyStopper:
             if 100.0 * score > self.best.get(task, -math.inf) + self.config.min_delta:
                 self.best[task], self.task_waited[task] = 100.0 * score, 0
                 self._snapshot(task)
+            elif self.config.until_learned and not beats_trivial(score, self.floors.get(task, -math.inf)):
+                continue  # not learned yet: no patience counts down
             else:
                 self.task_waited[task] = self.task_waited.get(task, 0) + 1
                 if self.task_waited[task] >= self.config.patience:

@@ -65,7 +65,8 @@ def _expert_step_scaler(model: TrainableModel, stage: StageConfig, data: StageDa
 
 def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stage_dir: Path, log: RunLog,
                 seed: int, evaluate: Callable[[], dict[str, float]] | None = None, ranks: Ranks = SINGLE,
-                unlearned: Callable[[], dict[str, tuple[float, float]]] | None = None) -> StageResult:
+                unlearned: Callable[[], dict[str, tuple[float, float]]] | None = None,
+                floors: dict[str, float] | None = None) -> StageResult:
     """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`.
 
     `evaluate` (for `stage.eval_every`) returns each task's main score (0-1) on the examples
@@ -73,7 +74,9 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
     steps and ends with its best weights (alter.training.early_stopping).
 
     `unlearned` (for `stage.rebalance`) scores the validation examples and returns the tasks
-    not above their trivial score there, as {task: (score, trivial score)}.
+    not above their trivial score there, as {task: (score, trivial score)}; `floors` are those
+    trivial scores (0-1), which per-task early stopping waits for a task to pass
+    (`early_stopping.until_learned`).
 
     On several processes (`ranks`), each runs its share of every global batch and the
     gradients are averaged (by DDP, or by `finish_gradients` under FSDP); the main process
@@ -89,7 +92,7 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
         raise ValueError(f"stage '{stage.label}': rebalance needs validation examples (data.validation)")
     if stage.early_stopping and evaluate is None:
         raise ValueError(f"stage '{stage.label}': early_stopping needs validation examples (data.validation)")
-    stopper = EarlyStopper(model, stage.early_stopping, trainable, stage_dir) if stage.early_stopping else None
+    stopper = EarlyStopper(model, stage.early_stopping, trainable, stage_dir, floors) if stage.early_stopping else None
     factor = _schedule(stage)
     plan = TaskPlan(data, stage, seed)
     last = stage_dir / "last"

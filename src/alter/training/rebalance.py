@@ -34,7 +34,8 @@ class TaskPlan:
         self.start, self.rates = start, [float(rate) for rate in rates]
         steps = self.stage.steps - start
         self._batches = batch_plan(self.lengths, self.rates, steps * self.stage.grad_accum, self.stage.batch_size,
-                                   self.seed + _START_SEED_STRIDE * start)
+                                   self.seed + _START_SEED_STRIDE * start,
+                                   one_task=self.stage.batches == "one_task")
 
     def batch(self, step: int, micro: int) -> list[tuple[int, int]]:
         return self._batches[(step - self.start) * self.stage.grad_accum + micro]

@@ -58,9 +58,11 @@ def run_training(config: Config,
     if config.eval.calibrate and not hasattr(model, "label_offsets"):
         raise ConfigError(f"eval.calibrate: a {type(model).__name__} has no decision offsets")
     run_log = _run_log(config, out, ranks.is_main)
-    rebalanced = any(stage.rebalance for stage in config.stages)  # what `Scorer.unlearned` compares with
+    # What `Scorer.unlearned` and per-task early stopping compare the validation scores with.
+    floors_needed = any(stage.rebalance or (stage.early_stopping and stage.early_stopping.per_task
+                                            and stage.early_stopping.until_learned) for stage in config.stages)
     score = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
-                   trivial_scores(tasks, train_sets, validation) if rebalanced else None)
+                   trivial_scores(tasks, train_sets, validation) if floors_needed and validation else None)
     before = score("before", "the untrained model")["metrics"] if config.eval.before_training else None
     data = {"train": stage_data(model, config, train_sets)}
     stages, after_stage = [], {}
@@ -71,7 +73,8 @@ def run_training(config: Config,
                                                                                       stage.mixture)
         result = train_stage(model, stage, stage_rows, out / "stages" / stage.label,
                              run_log, seed=config.seed + index, evaluate=score.selection_scores, ranks=ranks,
-                             unlearned=score.unlearned if stage.rebalance else None)
+                             unlearned=score.unlearned if stage.rebalance else None,
+                             floors=score.validation_floors())
         stages.append(result)
         if stage.prune_to:
             after_stage[f"{stage.label}_unpruned"] = score(f"after_{stage.label}_unpruned",

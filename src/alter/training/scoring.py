@@ -68,6 +68,12 @@ class Scorer:
         return not_above_trivial(self.tasks, evaluate(self.model, self.validation, self.config, self.ranks),
                                  self.validation_trivial)
 
+    def validation_floors(self) -> dict[str, float]:
+        """Each scored task's trivial main score (0-1) on the validation examples (those known)."""
+        by_name = {task.name: task for task in self.tasks}
+        return {name: trivial["metrics"][by_name[name].main_metric]
+                for name, trivial in self.validation_trivial.items()}
+
     def fit_label_offsets(self) -> dict[str, list[float]]:
         """Fit every classification task's decision offsets on its validation examples and set
         them on the model; {task: offsets} for the tasks whose offsets are not all zero."""
