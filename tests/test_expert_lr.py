@@ -10,6 +10,7 @@ from alter.model import MTAModel
 from alter.mta.experts import LoRAExpertLinear
 from alter.training.expert_lr import ExpertStepScaler, routed_shares
 from alter.training.loop import train_stage
+from alter.training.rebalance import TaskPlan
 from alter.training.run_log import RunLog
 from tests.conftest import model_config, stage_rows
 
@@ -68,3 +69,31 @@ def test_routed_shares_without_experts_is_a_clear_error(registry, samples, tmp_p
     with pytest.raises(ValueError, match="expert_lr=routed_share needs MTA experts"):
         data = stage_rows(model, samples, {"sst2": 0.75, "stsb": 0.25})
         train_stage(model, stage, data, tmp_path, RunLog(tmp_path / "log"), 0)
+
+
+
+def test_one_task_batches_leave_the_other_tasks_experts_where_they_are(registry, samples, tmp_path, monkeypatch):
+    """With one task per batch, an expert moves only at its task's steps: Adam's momentum alone
+    does not carry it on through the other tasks' batches. A shared expert moves at every step."""
+    tasks = [registry.get("sst2"), registry.get("stsb")]
+    torch.manual_seed(0)
+    model = MTAModel(model_config("tiny-llama", kind="lora", rank=2, shared_expert=True), tasks)
+    lora = next(module for module in model.modules() if isinstance(module, LoRAExpertLinear))
+    stage = StageConfig(kind="stage1", steps=12, lr=1e-2, warmup_ratio=0.0, batch_size=2, batches="one_task",
+                        save_every=100)
+    data = stage_rows(model, samples, {"sst2": 0.5, "stsb": 0.5})
+    task_at = [TaskPlan(data, stage, 0).batch(step, 0)[0][0] for step in range(12)]
+    assert set(task_at) == {0, 1}
+    weights = []  # the experts' weights before each step, then after the last: (K + 1, ...) each
+    forward = model.forward
+
+    def recording_forward(rows):
+        weights.append(torch.cat([lora.lora_A.detach().flatten(1), lora.lora_B.detach().flatten(1)], 1))
+        return forward(rows)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    train_stage(model, stage, data, tmp_path, RunLog(tmp_path / "log"), 0)
+    weights.append(torch.cat([lora.lora_A.detach().flatten(1), lora.lora_B.detach().flatten(1)], 1))
+    for step, task in enumerate(task_at):
+        moved = [not torch.equal(weights[step + 1][k], weights[step][k]) for k in range(3)]
+        assert moved == [task == 0, task == 1, True], f"step {step} (a batch of task {task})"

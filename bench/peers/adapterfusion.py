@@ -15,6 +15,9 @@ per-example predictions format, so that its paired intervals cover them:
   (`Fuse`), trained with the target's head on the target's own training rows, early-stopped
   on its validation examples (the experiment's stage-2 cap, interval and patience).
 
+Early stopping follows the experiment's rule, `until_learned` included: a task not yet above
+its trivial validation score counts no patience.
+
 Data come from alter's own preparation of the experiment's base config (the same capped
 training rows, validation examples and dev sets as every other system); inputs go to the
 tokenizer as text pairs, as AdapterHub's users give them. Every finished adapter and target is
@@ -39,6 +42,7 @@ from alter.backbones import load_tokenizer, resolve_backbone
 from alter.data.prepare import load_split, load_tasks, load_training
 from alter.evaluate.evaluator import compute_task_metrics, main_score
 from alter.evaluate.predictions import task_record, write_predictions
+from alter.evaluate.trivial import beats_trivial, trivial_scores
 from alter.experiment.config import load_experiment
 
 SINGLE, FUSION = "adapterhub_single", "adapterfusion"
@@ -53,6 +57,8 @@ class Peer:
         self.tasks = {task.name: task for task in load_tasks(self.config)}
         training = load_training(self.config, list(self.tasks.values()))
         self.train, self.validation = training.train, training.validation
+        trivial = trivial_scores(list(self.tasks.values()), self.train, self.validation)
+        self.floors = {name: part["metrics"][self.tasks[name].main_metric] for name, part in trivial.items()}
         self.dev = load_split(self.config, list(self.tasks.values()), self.config.data.eval_split, training=False)
         self.backbone = resolve_backbone(self.config.model.backbone)
         self.tokenizer = load_tokenizer(self.config.model.backbone)
@@ -119,6 +125,8 @@ class Peer:
                 if value > best + stage.early_stopping.min_delta:
                     best, waited = value, 0
                     best_state = {id(p): p.detach().clone() for p in params}
+                elif stage.early_stopping.until_learned and not beats_trivial(value / 100, self.floors[task]):
+                    pass  # not above its trivial score yet: no patience counts down, as in alter's stages
                 else:
                     waited += 1
                     if waited >= stage.early_stopping.patience:

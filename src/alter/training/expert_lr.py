@@ -11,6 +11,11 @@ stage's `lr` is the learning rate of an expert that serves every row.
 
 AdamW's update is linear in the learning rate, so scaling the update of an expert's slice of
 the stacked parameters after the step is exactly a learning rate per expert.
+
+With one task per stage-1 batch (`batches: one_task`) the other tasks' experts get a zero
+gradient, and Adam would still move them on their momentum, at a size that their rare
+gradients inflate (about sqrt(1 / rate) times their own steps): `routed_experts` gives the
+scale (1 for the experts the batch's tasks route to, 0 for the rest) that keeps them still.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ def routed_shares(model, task_names: Sequence[str], rates: Sequence[float]) -> t
         return None
     by_task = dict(zip(task_names, rates))
     return plan.row_shares([by_task.get(task.name, 0.0) for task in model.tasks])
+
+
+def routed_experts(model, task_names: Sequence[str], tasks: set[str]) -> torch.Tensor | None:
+    """(K,) or (K + 1,): 1 for each expert that stage-1 rows of `tasks` route to, 0 for the
+    others; None for a model without MTA experts."""
+    shares = routed_shares(model, task_names, [1.0 if name in tasks else 0.0 for name in task_names])
+    return None if shares is None else (shares > 0).float()
 
 
 class ExpertStepScaler:

@@ -18,7 +18,7 @@ from alter.distributed import SINGLE, Ranks, finish_gradients, no_sync, wrap
 from alter.trainable import TrainableModel
 from alter.training.checkpoint import load_training_state, read_training_state, save_training_state
 from alter.training.early_stopping import BEST_FOLDER, EarlyStopper
-from alter.training.expert_lr import ExpertStepScaler, routed_shares
+from alter.training.expert_lr import ExpertStepScaler, routed_experts, routed_shares
 from alter.training.rebalance import TaskPlan, rebalanced_rates
 from alter.training.run_log import RunLog
 from alter.training.stages import prepare_stage
@@ -61,6 +61,24 @@ def _expert_step_scaler(model: TrainableModel, stage: StageConfig, data: StageDa
         raise ValueError(f"stage '{stage.label}': expert_lr={stage.expert_lr} needs MTA experts that this stage "
                          "trains")
     return ExpertStepScaler(experts, shares)
+
+
+def _still_experts(model: TrainableModel, stage: StageConfig, data: StageData,
+                   trainable: dict[str, torch.nn.Parameter]) -> Callable[[set[int]], ExpertStepScaler] | None:
+    """With one task per stage-1 batch: for the tasks of a step, the scaler that keeps every
+    other task's expert where it is (alter.training.expert_lr)."""
+    if stage.batches != "one_task" or stage.kind != "stage1":
+        return None
+    expert_names = model.param_groups()["experts"]
+    experts = [param for name, param in trainable.items() if name in expert_names]
+    if not experts:
+        return None
+
+    def scaler(task_ids: set[int]) -> ExpertStepScaler:
+        routed = routed_experts(model, data.task_names, {data.task_names[task] for task in task_ids})
+        return ExpertStepScaler(experts, routed)
+
+    return scaler
 
 
 def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stage_dir: Path, log: RunLog,
@@ -117,6 +135,7 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
         if ranks.is_main:
             logger.info("%s: resumed from step %d of %d", stage.label, step, stage.steps)
     scaler = _expert_step_scaler(model, stage, replace(data, rates=plan.rates), trainable)
+    still_experts = _still_experts(model, stage, data, trainable)
     engine = wrap(model, ranks)
 
     def save(at_step: int) -> None:
@@ -169,6 +188,9 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
             for group in optimizer.param_groups:
                 group["lr"] = stage.lr * factor(step)
             local_loss = torch.zeros(())
+            step_scaler = scaler or (still_experts({task for micro in range(stage.grad_accum)
+                                                    for task, _ in plan.batch(step, micro)})
+                                     if still_experts else None)
             for micro in range(stage.grad_accum):
                 batch = [data.rows[task][index] for task, index in plan.batch(step, micro)]
                 rows = ranks.shard(batch)
@@ -186,11 +208,11 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
             step_loss = ranks.sum(local_loss).item()
             if stage.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm)
-            if scaler:
-                scaler.before_step()
+            if step_scaler:
+                step_scaler.before_step()
             optimizer.step()
-            if scaler:
-                scaler.after_step()
+            if step_scaler:
+                step_scaler.after_step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             spent += time.perf_counter() - started
