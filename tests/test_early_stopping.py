@@ -50,14 +50,15 @@ def _log(path):
 
 def test_the_stage_stops_at_its_plateau_and_ends_with_its_best_weights(registry, samples, tmp_path):
     model = _model(registry)
-    # Macro 55, 60 (best, 2nd evaluation), 57.5, 57: two evaluations without a gain -> stop at the 4th.
-    evaluate = Scripted(model, {"sst2": [0.5, 0.6, 0.55, 0.54], "rte": [0.6, 0.6, 0.6, 0.6]})
+    # Macro at the start 50, then 55, 60 (best, step 4), 57.5, 57: two evaluations without a gain
+    # -> stop at step 8.
+    evaluate = Scripted(model, {"sst2": [0.4, 0.5, 0.6, 0.55, 0.54], "rte": [0.6, 0.6, 0.6, 0.6, 0.6]})
     result = train_stage(model, _stage(per_task=False), stage_rows(model, samples, RATES), tmp_path / "s1",
                          RunLog(tmp_path / "log.jsonl"), 0, evaluate=evaluate)
-    assert result.steps == 8 and evaluate.calls == 4
-    for name, value in evaluate.weights[1].items():  # the weights of the best evaluation (step 4)
+    assert result.steps == 8 and evaluate.calls == 5
+    for name, value in evaluate.weights[2].items():  # the weights of the best evaluation (step 4)
         torch.testing.assert_close(dict(model.named_parameters())[name].detach(), value, rtol=0, atol=0)
-    assert any((evaluate.weights[3][name] != value).any() for name, value in evaluate.weights[1].items())
+    assert any((evaluate.weights[4][name] != value).any() for name, value in evaluate.weights[2].items())
     last = _log(tmp_path / "log.jsonl")[-1]
     assert last["early_stopped"] and last["best_macro"] == pytest.approx(60.0)
     state = json.loads((tmp_path / "s1" / "last" / "state.json").read_text())
@@ -66,9 +67,9 @@ def test_the_stage_stops_at_its_plateau_and_ends_with_its_best_weights(registry,
 
 def test_each_task_stops_on_its_own_and_keeps_its_own_best(registry, samples, tmp_path):
     model = _model(registry)
-    # sst2 peaks at the first evaluation and then stalls: it stops at the third (step 6); rte
-    # improves until the fifth (step 10) and stops at the seventh (step 14), which ends the stage.
-    script = {"sst2": [0.7, 0.6, 0.6], "rte": [0.5, 0.55, 0.6, 0.65, 0.7, 0.6, 0.6]}
+    # After the evaluation of the start (step 0), sst2 peaks at step 2 and then stalls: it stops at
+    # step 6; rte improves until step 10 and stops at step 14, which ends the stage.
+    script = {"sst2": [0.0, 0.7, 0.6, 0.6], "rte": [0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.6, 0.6]}
     evaluate = Scripted(model, script)
     log = tmp_path / "log.jsonl"
     result = train_stage(model, _stage(per_task=True), stage_rows(model, samples, RATES), tmp_path / "s1",
@@ -77,7 +78,7 @@ def test_each_task_stops_on_its_own_and_keeps_its_own_best(registry, samples, tm
     stops = [record for record in _log(log) if "stopped_tasks" in record]
     assert [(r["step"], r["stopped_tasks"]) for r in stops] == [(6, ["sst2"]), (14, ["sst2", "rte"])]
     params = dict(model.named_parameters())
-    for task, best in (("sst2", 0), ("rte", 4)):
+    for task, best in (("sst2", 1), ("rte", 5)):
         trained = {name: row for name, row in model.task_parameters(model.task_id(task)).items()
                    if name in evaluate.weights[0]}  # its expert rows and head (its gate row waits for stage 2)
         assert any(row is not None for row in trained.values()) and None in trained.values()
@@ -87,8 +88,8 @@ def test_each_task_stops_on_its_own_and_keeps_its_own_best(registry, samples, tm
                                        rtol=0, atol=0)
     # After sst2 stopped (step 6), its rows left the mixture: its head took no more steps.
     head = "head.heads.sst2.weight"
-    assert not torch.equal(evaluate.weights[0][head], evaluate.weights[2][head])  # it trained before
-    torch.testing.assert_close(evaluate.weights[2][head], evaluate.weights[6][head], rtol=0, atol=0)
+    assert not torch.equal(evaluate.weights[1][head], evaluate.weights[3][head])  # it trained before
+    torch.testing.assert_close(evaluate.weights[3][head], evaluate.weights[7][head], rtol=0, atol=0)
     restored = {name: p.detach().clone() for name, p in model.named_parameters()}
 
     again = _model(registry)  # the same command again: the stage is over, the best weights come back
@@ -99,7 +100,7 @@ def test_each_task_stops_on_its_own_and_keeps_its_own_best(registry, samples, tm
 
 
 def test_an_interrupted_per_task_stage_resumes_to_the_same_weights(registry, samples, tmp_path, monkeypatch):
-    script = {"sst2": [0.7, 0.6, 0.6], "rte": [0.5, 0.55, 0.6, 0.65, 0.7, 0.6, 0.6]}
+    script = {"sst2": [0.0, 0.7, 0.6, 0.6], "rte": [0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.6, 0.6]}
     whole = _model(registry)
     train_stage(whole, _stage(per_task=True), stage_rows(whole, samples, RATES), tmp_path / "whole",
                 RunLog(tmp_path / "whole.jsonl"), 0, evaluate=Scripted(whole, script))
@@ -120,12 +121,27 @@ def test_an_interrupted_per_task_stage_resumes_to_the_same_weights(registry, sam
         train_stage(model, _stage(per_task=True), stage_rows(model, samples, RATES), tmp_path / "crash",
                     RunLog(tmp_path / "crash.jsonl"), 0, evaluate=evaluate)
     resumed = _model(registry)
-    # The evaluations before the crash ran; the script continues from the checkpoint's step (10).
+    # The evaluations before the crash ran (the start's too; a resumed stage does not score its
+    # start again); the script continues from the checkpoint's step (10).
     train_stage(resumed, _stage(per_task=True), stage_rows(resumed, samples, RATES), tmp_path / "crash",
                 RunLog(tmp_path / "crash.jsonl"), 0,
-                evaluate=Scripted(resumed, script, done=5))
+                evaluate=Scripted(resumed, script, done=6))
     for name, value in resumed.named_parameters():
         torch.testing.assert_close(value.detach(), dict(whole.named_parameters())[name].detach(), rtol=0, atol=0)
+
+
+def test_a_task_the_stage_only_makes_worse_ends_as_it_began(registry, samples, tmp_path):
+    model = _model(registry)
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    script = {"sst2": [0.9, 0.6, 0.6], "rte": [0.0, 0.5, 0.6, 0.6]}  # sst2 is best before any step
+    train_stage(model, _stage(per_task=True), stage_rows(model, samples, RATES), tmp_path / "s1",
+                RunLog(tmp_path / "log.jsonl"), 0, evaluate=Scripted(model, script))
+    params = dict(model.named_parameters())
+    for name, row in model.task_parameters(model.task_id("sst2")).items():
+        now, then = params[name].detach(), start[name]
+        torch.testing.assert_close(now if row is None else now[row], then if row is None else then[row],
+                                   rtol=0, atol=0)
+    assert not torch.equal(params["head.heads.rte.weight"], start["head.heads.rte.weight"])
 
 
 @pytest.mark.parametrize("until_learned,stops_at", [(True, 14), (False, 6)])
@@ -133,7 +149,7 @@ def test_a_task_at_its_trivial_score_waits_to_learn(registry, samples, tmp_path,
     """rte sits at its trivial score (all-positive F1 0.8) for four evaluations, then learns; a
     patience that counted those checks would stop it before it starts."""
     model = _model(registry)
-    script = {"sst2": [0.7, 0.6, 0.6], "rte": [0.8, 0.8, 0.8, 0.8, 0.85, 0.84, 0.84]}
+    script = {"sst2": [0.0, 0.7, 0.6, 0.6], "rte": [0.0, 0.8, 0.8, 0.8, 0.8, 0.85, 0.84, 0.84]}
     stage = StageConfig("stage1", steps=40, lr=5e-2, warmup_ratio=0.0, eval_every=2, save_every=4,
                         early_stopping=EarlyStoppingConfig(patience=2, per_task=True, until_learned=until_learned))
     log = tmp_path / "log.jsonl"

@@ -59,6 +59,12 @@ def test_mixed_requests_come_back_in_order(client, predictor):
     assert results == json.loads(json.dumps(predictor.predict(body["requests"])))
 
 
+def test_an_integer_written_with_a_zero_fraction_is_an_integer(client):
+    """JSON Schema's integer: 16.0 is one, as the published schema lets clients write."""
+    response = client.post("/v1/predict", json={"requests": [{**DIALOGUE, "num_beams": 1.0, "seed": 3.0}]})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize("body,status,message", [
     ({"requests": [{"task": "nope", "inputs": {"sentence": "x"}}]}, 422, "requests.0: unknown task 'nope'"),
     ({"requests": [{"task": "sst2", "inputs": {"text": "x"}}]}, 422, "needs input field(s) sentence"),
@@ -75,6 +81,12 @@ def test_mixed_requests_come_back_in_order(client, predictor):
     ({"requests": [{**DIALOGUE, "num_beams": 2, "temperature": 0.5}]}, 422, "writes one beam"),
     ({"requests": [{**DIALOGUE, "temperature": 3}]}, 422, "requests.0.temperature: Input should be less than"),
     ({"requests": [{"task": "sst2", "inputs": {"sentence": "x" * 5000}}]}, 413, "request body over 4096 bytes"),
+    # What the schema refuses, the server refuses: no true for a count, no "2" for a number.
+    ({"requests": [{**DIALOGUE, "num_beams": True}]}, 422, "requests.0.num_beams: Input should be a valid integer"),
+    ({"requests": [{**DIALOGUE, "seed": "7"}]}, 422, "requests.0.seed: Input should be a valid integer"),
+    ({"requests": [{**DIALOGUE, "temperature": True}]}, 422, "requests.0.temperature: Input should be a valid number"),
+    ({"requests": [{**DIALOGUE, "stream": 1}]}, 422, "requests.0.stream: Input should be a valid boolean"),
+    ({"requests": [{**DIALOGUE, "num_beams": 1.5}]}, 422, "requests.0.num_beams: Input should be a valid integer"),
 ])
 def test_bad_requests_get_a_4xx_that_names_the_problem(client, body, status, message):
     response = client.post("/v1/predict", json=body)

@@ -8,7 +8,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from alter.generation import MIN_TEMPERATURE, GenerationSettings, checked_temperature, settings_from
 
@@ -34,6 +35,19 @@ class RequestedGeneration(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # the same seed, the same sample
     no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=16)
     repetition_penalty: float | None = Field(default=None, ge=1.0, le=10.0)
+
+    @field_validator("max_new_tokens", "num_beams", "temperature", "top_p", "seed", "no_repeat_ngram_size",
+                     "repetition_penalty", mode="before")
+    @classmethod
+    def _json_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """Only what JSON Schema calls a number (an integer: one without a fraction, 16.0 too):
+        pydantic's lax mode would also take true, false and "2", which the published schema
+        refuses (the contract test found both)."""
+        if isinstance(value, (bool, str)):
+            integer = cls.model_fields[info.field_name].annotation == int | None
+            raise PydanticCustomError("int_type" if integer else "float_type",
+                                      f"Input should be a valid {'integer' if integer else 'number'}")
+        return value
 
     @field_validator("temperature")
     @classmethod

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from alter.serve.batchers import Batcher, ContinuousBatcher
 from alter.serve.contract import predict_openapi
@@ -56,7 +56,7 @@ class Item(RequestedGeneration):
 
     task: str
     inputs: dict[str, str]
-    stream: bool = False  # a generation, alone in its request, answered as server-sent events
+    stream: StrictBool = False  # a generation, alone in its request, answered as server-sent events
 
 
 class PredictBody(BaseModel):

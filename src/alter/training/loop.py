@@ -89,7 +89,8 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
 
     `evaluate` (for `stage.eval_every`) returns each task's main score (0-1) on the examples
     that choose the best checkpoint; with `stage.early_stopping` the stage may end before its
-    steps and ends with its best weights (alter.training.early_stopping).
+    steps and ends with its best weights (alter.training.early_stopping), its starting point
+    (scored before its first step) among the candidates.
 
     `unlearned` (for `stage.rebalance`) scores the validation examples and returns the tasks
     not above their trivial score there, as {task: (score, trivial score)}; `floors` are those
@@ -176,6 +177,10 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
                        "best_scores": stopper.best})
             follow(stopper.rates(data.task_names, plan.rates), at_step)
 
+    if stopper and state is None:
+        # The stage's starting point is a candidate too: a task that the stage only makes worse
+        # on validation ends it as it began (stage 2 never leaves a task below stage 1 there).
+        check(0)
     model.train()
     # Per task: summed loss and number of rows since the last log line (this rank's rows).
     task_losses = torch.zeros(len(data.task_names), 2)
