@@ -206,6 +206,10 @@ def test_a_variant_starts_from_the_shared_stage_without_training_it_again(seeded
     assert (variant / "log.jsonl").read_text().splitlines()[: len(stage1_lines)] == stage1_lines
     report = json.loads((variant / "report.json").read_text())
     assert report["stages"]["stage2"]["steps"] == 3
+    # Its cost is its own stage 2 alone: stage 1 is mta's.
+    result = json.loads((variant / "result.json").read_text())
+    assert result["shared_stages"] == ["stage1"]
+    assert result["train_seconds"] == pytest.approx(report["stages"]["stage2"]["wall_seconds"], abs=0.01)
     assert not (out / "seed1" / "softmax_gates").exists()  # seed 0 only
 
 

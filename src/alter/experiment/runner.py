@@ -86,9 +86,9 @@ def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dic
         return _after_stage(out.parent / system.of, system)
     build = partial(BiLSTMModel, lstm=system.bilstm) if system.architecture == "bilstm" else MTAModel
     if not system.per_task:
-        if system.starts_from is not None:
-            copy_shared_stages(config, name, seed, out)
-        return _summary(Report.model_validate(run_training(config.train_config(name, seed, out), build)))
+        shared = copy_shared_stages(config, name, seed, out) if system.starts_from is not None else []
+        return _own_cost(_summary(Report.model_validate(run_training(config.train_config(name, seed, out), build))),
+                         shared)
     base = config.train_config(name, seed, out)
     names = base.data.scored_tasks()  # an auxiliary task alone would never be scored
     rates = _mixture_rates(base)
@@ -107,10 +107,11 @@ def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dic
     return _combine(reports)
 
 
-def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path) -> None:
+def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path) -> list[str]:
     """Put the checkpoints of the stages that `name` shares with its `starts_from` system (up
     to and including the named stage) into `out`, with their log lines; training then resumes
-    after them. Refused unless both systems' configs agree on everything those stages used."""
+    after them. Refused unless both systems' configs agree on everything those stages used.
+    Returns the shared stages' labels."""
     source = config.systems[name].starts_from
     source_dir = out.parent / source.system
     mine, theirs = config.train_config(name, seed, out), config.train_config(source.system, seed, source_dir)
@@ -140,6 +141,16 @@ def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path
     if not log_path.exists() and (source_dir / "log.jsonl").exists():
         lines = (source_dir / "log.jsonl").read_text().splitlines()
         log_path.write_text("".join(line + "\n" for line in lines if json.loads(line).get("stage") in shared))
+    return shared
+
+
+def _own_cost(summary: dict[str, Any], shared: list[str]) -> dict[str, Any]:
+    """A system started from another one's stages counts only the training it did itself."""
+    if shared:
+        summary["train_seconds"] = round(sum(stage["wall_seconds"] for label, stage in summary["stages"].items()
+                                             if label not in shared), 2)
+        summary["shared_stages"] = shared
+    return summary
 
 
 def _mixture_rates(config: Config) -> dict[str, float]:

@@ -50,13 +50,17 @@ def _schedule(stage: StageConfig) -> Callable[[int], float]:
     return factor
 
 
+def _trained_experts(model: TrainableModel, trainable: dict[str, torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    expert_names = model.param_groups()["experts"]
+    return [param for name, param in trainable.items() if name in expert_names]
+
+
 def _expert_step_scaler(model: TrainableModel, stage: StageConfig, data: StageData,
                         trainable: dict[str, torch.nn.Parameter]) -> ExpertStepScaler | None:
     if stage.expert_lr == "same":
         return None
     shares = routed_shares(model, data.task_names, data.rates)
-    expert_names = model.param_groups()["experts"]
-    experts = [param for name, param in trainable.items() if name in expert_names]
+    experts = _trained_experts(model, trainable)
     if shares is None or not experts:
         raise ValueError(f"stage '{stage.label}': expert_lr={stage.expert_lr} needs MTA experts that this stage "
                          "trains")
@@ -69,8 +73,7 @@ def _still_experts(model: TrainableModel, stage: StageConfig, data: StageData,
     other task's expert where it is (alter.training.expert_lr)."""
     if stage.batches != "one_task" or stage.kind != "stage1":
         return None
-    expert_names = model.param_groups()["experts"]
-    experts = [param for name, param in trainable.items() if name in expert_names]
+    experts = _trained_experts(model, trainable)
     if not experts:
         return None
 
