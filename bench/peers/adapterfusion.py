@@ -42,7 +42,7 @@ from alter.backbones import load_tokenizer, resolve_backbone
 from alter.data.prepare import load_split, load_tasks, load_training
 from alter.evaluate.evaluator import compute_task_metrics, main_score
 from alter.evaluate.predictions import task_record, write_predictions
-from alter.evaluate.trivial import beats_trivial, trivial_scores
+from alter.evaluate.trivial import beats_trivial, trivial_main_scores, trivial_scores
 from alter.experiment.config import load_experiment
 
 SINGLE, FUSION = "adapterhub_single", "adapterfusion"
@@ -57,8 +57,8 @@ class Peer:
         self.tasks = {task.name: task for task in load_tasks(self.config)}
         training = load_training(self.config, list(self.tasks.values()))
         self.train, self.validation = training.train, training.validation
-        trivial = trivial_scores(list(self.tasks.values()), self.train, self.validation)
-        self.floors = {name: part["metrics"][self.tasks[name].main_metric] for name, part in trivial.items()}
+        tasks = list(self.tasks.values())
+        self.floors = trivial_main_scores(tasks, trivial_scores(tasks, self.train, self.validation))
         self.dev = load_split(self.config, list(self.tasks.values()), self.config.data.eval_split, training=False)
         self.backbone = resolve_backbone(self.config.model.backbone)
         self.tokenizer = load_tokenizer(self.config.model.backbone)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
@@ -66,10 +67,10 @@ def batch_plan(lengths: Sequence[Sequence[int]], rates: Sequence[float], num_bat
     while len(plan) < num_batches:
         count = min(pool_batches, num_batches - len(plan))
         if one_task:
-            batch_tasks = rng.choice(len(lengths), size=count, p=np.asarray(rates))
-            batches = [batch for task in sorted(set(batch_tasks.tolist()))
-                       for batch in by_length([(task, next_example(task))
-                                               for _ in range(int((batch_tasks == task).sum()) * batch_size)])]
+            batches_of = Counter(rng.choice(len(lengths), size=count, p=np.asarray(rates)).tolist())
+            batches = []
+            for task in sorted(batches_of):
+                batches += by_length([(task, next_example(task)) for _ in range(batches_of[task] * batch_size)])
         else:
             tasks = rng.choice(len(lengths), size=count * batch_size, p=np.asarray(rates))
             batches = by_length([(int(task), next_example(int(task))) for task in tasks])

@@ -48,6 +48,11 @@ def trivial_scores(tasks: Sequence[Task], train_sets: dict[str, list[Example]],
     return results
 
 
+def trivial_main_scores(tasks: Sequence[Task], trivial: dict[str, dict]) -> dict[str, float]:
+    """{task: its trivial main score (0-1)} from a `trivial_scores` result."""
+    return {task.name: trivial[task.name]["metrics"][task.main_metric] for task in tasks if task.name in trivial}
+
+
 def beats_trivial(score: float, floor: float) -> bool:
     """Whether a score is above a trivial one; a tie is not (a constant predictor ties it)."""
     return score > floor + 1e-9

@@ -14,7 +14,7 @@ from alter.data.task import Example, Task
 from alter.distributed import Ranks
 from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, main_score, predict_shared
 from alter.evaluate.predictions import write_predictions
-from alter.evaluate.trivial import not_above_trivial
+from alter.evaluate.trivial import not_above_trivial, trivial_main_scores
 from alter.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ class Scorer:
 
     def validation_floors(self) -> dict[str, float]:
         """Each scored task's trivial main score (0-1) on the validation examples (those known)."""
-        by_name = {task.name: task for task in self.tasks}
-        return {name: trivial["metrics"][by_name[name].main_metric]
-                for name, trivial in self.validation_trivial.items()}
+        return trivial_main_scores(self.tasks, self.validation_trivial)
 
     def fit_label_offsets(self) -> dict[str, list[float]]:
         """Fit every classification task's decision offsets on its validation examples and set
