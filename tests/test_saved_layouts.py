@@ -1,0 +1,34 @@
+"""Checkpoints saved by an earlier layout of the package load and answer as they did then."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import alter
+
+FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints-v1"
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_checkpoint_of_the_previous_layout_loads_and_answers_as_before(registry, name):
+    from alter.data.task import data_root
+
+    expected = EXPECTED[name]
+    examples = [e for task in expected["tasks"] for e in registry.get(task).read("dev", data_root())[:3]]
+    model = alter.load(FIXTURES / name).eval()
+    with torch.no_grad():
+        logits = model(model.encode(examples))
+    assert torch.allclose(logits, load_file(str(FIXTURES / name / "expected_logits.safetensors"))["logits"],
+                          atol=1e-6)
+    predictions = [[value, probabilities] for value, probabilities in model.predict(examples, max_new_tokens=6)]
+    for (value, probabilities), (expected_value, expected_probabilities) in zip(predictions,
+                                                                              expected["predictions"]):
+        assert value == pytest.approx(expected_value, abs=1e-6) if isinstance(value, float) else \
+            value == expected_value
+        assert probabilities == pytest.approx(expected_probabilities, abs=1e-6)
