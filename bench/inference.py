@@ -27,7 +27,7 @@ from alter.config import ModelConfig
 from alter.data.collate import Encoded
 from alter.data.registry import builtin_registry
 from alter.data.task import data_root
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.mta import MTAConfig
 from alter.mta.routing import routing
 

@@ -32,7 +32,8 @@ from pathlib import Path
 import httpx
 from open_loop import Window, find_capacity, paired_p50_difference, run_window
 
-from alter.data.task import Task, TaskSpec, data_root
+from alter.data.spec import TaskSpec
+from alter.data.task import Task, data_root
 
 SCHEDULERS = ("static", "continuous")
 

@@ -18,11 +18,12 @@ import statistics
 import time
 from collections import Counter
 
-from alter.data.prepare import sample
+import alter
+from alter.data.generation import GenerationSettings
 from alter.data.task import data_root
 from alter.evaluate.metrics import rouge
-from alter.generation import GenerationSettings
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
+from alter.training.datasets import sample
 
 PHRASE, TIMES = 3, 3  # a phrase of PHRASE words coming back TIMES times is a loop
 
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
-    model = MTAModel.load(args.checkpoint).eval()
+    model = alter.load(args.checkpoint).eval()
     task = model.tasks[model.task_id(args.task)]
     examples = sample(task.read(args.split, data_root()), args.n, args.seed, task.name)
     results = []

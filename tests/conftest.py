@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from alter.config import ModelConfig
+from alter.config import ModelConfig, load_config
 from alter.data.registry import builtin_registry
 from alter.data.task import data_root
 from alter.mta import MTAConfig
+from alter.training import loop
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/, bench/
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,6 +23,8 @@ def _cache_dir(tmp_path_factory):
     # Tiny backbones are built once per session; packaged ones keep the user's cache.
     os.environ.setdefault("ALTER_CACHE_DIR", str(tmp_path_factory.mktemp("alter-cache")))
     torch.set_num_threads(2)
+    # Configs and benches are named relative to the checkout, whatever folder pytest starts in.
+    os.chdir(ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +54,42 @@ def randomise_experts(model, seed: int = 0) -> None:
 
 def stage_rows(model, samples, rates: dict[str, float], per_task: int = 4):
     """A stage's data from the first `per_task` samples of each task, at the given mixture rates."""
-    from alter.data.prepare import StageData
+    from alter.training.datasets import StageData
 
     rows = [model.encode(samples[name][:per_task]) for name in rates]
     return StageData(rows=rows, rates=list(rates.values()), task_names=list(rates))
+
+
+FAMILIES = [("tiny-llama", "lm"), ("tiny-t5", "lm"), ("tiny-bert", "classifier"), ("tiny-gpt2", "lm"),
+            ("tiny-bart", "lm")]
+
+
+def tasks_for(registry, head):
+    names = ["sst2", "stsb"] if head == "classifier" else ["sst2", "stsb", "dialogsum"]
+    return [registry.get(name) for name in names]
+
+
+def examples_for(samples, head):
+    return [e for name in (["sst2", "stsb"] if head == "classifier" else ["sst2", "stsb", "dialogsum"])
+            for e in samples[name][:3]]
+
+
+def tiny(tmp_path, name: str, *overrides: str):
+    """configs/tiny.yaml, writing into `tmp_path / name`, with `overrides` (key=value)."""
+    return load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path / name}", *overrides])
+
+
+def saved_weights(run) -> dict[str, torch.Tensor]:
+    """The trained weights of the model a run saved."""
+    return load_file(str(run / "model" / "trained.safetensors"))
+
+
+def interrupt_at(monkeypatch, step: int, error: type[BaseException], stage: str = "stage1"):
+    write = loop.RunLog.write
+
+    def failing(self, record):
+        write(self, record)
+        if record.get("stage") == stage and record.get("step") == step:
+            raise error()
+
+    monkeypatch.setattr(loop.RunLog, "write", failing)

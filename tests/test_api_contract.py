@@ -9,9 +9,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
+from alter.serve.config import ServeConfig
 from alter.serve.predictor import Predictor
-from alter.serve.server import ServeConfig, create_app
+from alter.serve.server import create_app
 from tests.conftest import model_config
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alter.baselines.bilstm import BiLSTMConfig, BiLSTMModel
+import alter
 from alter.config import ModelConfig, SharedLoraConfig, StageConfig
 from alter.evaluate.trivial import lead
-from alter.model import MTAModel
+from alter.models.bilstm import BiLSTMConfig, BiLSTMModel
+from alter.models.contract import TrainableModel
+from alter.models.mta_model import MTAModel
 from alter.mta import MTAConfig
-from alter.trainable import TrainableModel, load_model
 from alter.training.stages import prepare_stage
 from tests.conftest import model_config
 
@@ -43,7 +44,7 @@ def test_the_shared_lora_trains_saves_and_loads(registry, samples, tmp_path):
         optimizer.step()
         optimizer.zero_grad()
     model.save(tmp_path / "model")
-    loaded = MTAModel.load(tmp_path / "model")
+    loaded = alter.load(tmp_path / "model")
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(rows), loaded(loaded.encode([e for n in names for e in samples[n][:2]])))
@@ -83,7 +84,7 @@ def test_the_bilstm_learns_each_kind_of_task_and_predicts(registry, samples, tmp
     assert [type(value) for value, _ in predictions] == [str, str, float, float, str, str]
     assert set(predictions[0][1]) == {"negative", "positive"}
     model.save(tmp_path / "bilstm")
-    loaded = load_model(tmp_path / "bilstm")  # the folder names its architecture
+    loaded = alter.load(tmp_path / "bilstm")  # the folder names its architecture
     assert isinstance(loaded, BiLSTMModel) and isinstance(loaded, TrainableModel)
     assert loaded.predict(examples, batch_size=4, max_new_tokens=6) == predictions
 

@@ -1,4 +1,4 @@
-"""Decision offsets fitted on validation examples (`eval.calibrate`, alter.calibration)."""
+"""Decision offsets fitted on validation examples (`eval.calibrate`, alter.evaluate.calibration)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import math
 
 import pytest
 
-from alter.calibration import decide, fit_offsets
+import alter
 from alter.config import ConfigError
-from alter.data.task import Example, Task, TaskSpec
-from alter.model import MTAModel
+from alter.data.spec import TaskSpec
+from alter.data.task import Example, Task
+from alter.evaluate.calibration import fit_offsets
+from alter.models.mta_model import decide
+from alter.training import scoring
 from alter.training.run import run_training
-from tests.test_train import tiny
+from tests.conftest import tiny
 
 
 def _binary(probabilities_of_acceptable: list[float]) -> list[tuple[str, dict[str, float]]]:
@@ -53,15 +56,16 @@ def test_three_labels_each_get_an_offset_when_the_model_never_picks_them():
     assert [decide(task.spec.labels, probs, offsets) for probs in predictions] == references
 
 
-def test_a_calibrated_run_saves_its_offsets_and_the_loaded_model_decides_with_them(tmp_path):
+def test_a_calibrated_run_saves_its_offsets_and_the_loaded_model_decides_with_them(tmp_path, monkeypatch):
+    # The fit itself is tested above; here a fixed fit, so that there are offsets to carry.
+    monkeypatch.setattr(scoring, "fit_offsets", lambda task, predictions, examples: [0.0, 0.25])
     config = tiny(tmp_path, "calibrated", "data.validation=8", "eval.calibrate=true", "eval.before_training=false")
     report = run_training(config)
     saved = json.loads((tmp_path / "calibrated/model/alter.json").read_text())
-    assert saved.get("label_offsets", {}) == report.get("label_offsets", {})
-    if saved.get("label_offsets"):
-        assert "Decision offsets" in (tmp_path / "calibrated/report.md").read_text()
-    model = MTAModel.load(tmp_path / "calibrated/model")
-    assert model.label_offsets == saved.get("label_offsets", {})
+    assert saved["label_offsets"] == report["label_offsets"] == {"sst2": [0.0, 0.25]}
+    assert "Decision offsets" in (tmp_path / "calibrated/report.md").read_text()
+    model = alter.load(tmp_path / "calibrated/model")
+    assert model.label_offsets == {"sst2": [0.0, 0.25]}
     model.label_offsets = {"sst2": [0.0, 1e6]}  # the offsets decide: `positive` whatever the text
     assert {label for label, _ in model.predict([{"task": "sst2", "inputs": {"sentence": s}}
                                                   for s in ("dull", "fine", "awful")])} == {"positive"}

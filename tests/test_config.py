@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from alter.config import ConfigError, load_config
 from alter.experiment.config import load_experiment
+from tests.conftest import ROOT
 
 
 def write(tmp_path, text: str):
@@ -22,13 +21,21 @@ def test_the_shipped_configs_load():
         assert config.stages[0].kind == "stage1"
 
 
-@pytest.mark.parametrize("name", sorted(str(path) for path in Path("configs").glob("*.yaml")
-                                        if "systems:" in path.read_text()))
+EXPERIMENTS = sorted(path.name for path in (ROOT / "configs").glob("*.yaml") if "systems:" in path.read_text())
+
+
+def test_the_shipped_experiments_are_found():
+    assert {"convergence.yaml", "paper.yaml", "transfer.yaml", "experiment-tiny.yaml"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_system_of_the_shipped_experiments_is_a_valid_train_config(name, tmp_path):
-    experiment = load_experiment(name)
-    for system, settings in experiment.systems.items():
-        if settings.kind == "train":
-            experiment.train_config(system, experiment.seeds[0], tmp_path / system)
+    experiment = load_experiment(ROOT / "configs" / name)
+    trained = [system for system, settings in experiment.systems.items() if settings.kind == "train"]
+    assert trained, f"{name} trains no system"
+    for system in trained:
+        config = experiment.train_config(system, experiment.seeds[0], tmp_path / system)
+        assert config.stages and config.data.tasks, f"{name}: {system} has no stages or tasks"
 
 
 def test_routed_share_steps_need_mixed_batches(tmp_path):

@@ -9,10 +9,11 @@ import pytest
 
 from alter.config import ConfigError, parse_config
 from alter.data.mixture import batch_plan, mixture_rates
-from alter.data.prepare import load_split, load_tasks, load_training
 from alter.data.readers import DataError
 from alter.data.registry import TaskNotFoundError, TaskRegistry, builtin_registry
-from alter.data.task import Example, TaskSpec, data_root
+from alter.data.spec import TaskSpec
+from alter.data.task import Example, data_root
+from alter.training.datasets import load_split, load_tasks, load_training
 
 
 def test_builtin_tasks_read_the_shared_data(registry):
@@ -193,3 +194,14 @@ def test_an_unknown_metric_is_refused_when_the_task_is_declared(tmp_path):
         user_spec(tmp_path, "body,team\n", metrics=["acc"])
     with pytest.raises(ValueError, match="main_metric mcc is not one of its metrics"):
         user_spec(tmp_path, "body,team\n", metrics=["accuracy"], main_metric="mcc")
+
+
+def test_the_data_folder_comes_from_the_config_then_alter_data_dir_then_the_checkout(monkeypatch, tmp_path):
+    from alter.data.task import checkout_data
+
+    monkeypatch.setenv("ALTER_DATA_DIR", str(tmp_path / "env"))
+    assert data_root(str(tmp_path / "mine")) == tmp_path / "mine"
+    assert data_root() == tmp_path / "env"
+    monkeypatch.delenv("ALTER_DATA_DIR")
+    checkout = checkout_data()  # this test runs from a source checkout with ../shared/data beside it
+    assert checkout is not None and checkout.name == "data" and data_root() == checkout

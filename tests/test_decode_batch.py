@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alter.generation import GenerationSettings
-from alter.model import MTAModel
-from alter.serve.decode_batch import DecodeBatch, Generating, decodes
+from alter.data.generation import GenerationSettings
+from alter.models.decode_batch import DecodeBatch, Generating
+from alter.models.mta_model import MTAModel
 from tests.conftest import model_config, randomise_experts
 
 
@@ -42,11 +42,11 @@ def static(model, row, settings: GenerationSettings | int) -> list[int]:
 
 
 def batch_of(model) -> DecodeBatch:
-    return DecodeBatch(model.backbone, model.mta_layers, model.tokenizer.pad_token_id, model.tokenizer.eos_token_id)
+    return model.decode_batch()
 
 
 def test_the_model_decodes_iteration_by_iteration(model):
-    assert decodes(model) and not decodes(model, GenerationSettings(num_beams=2))
+    assert model.decodes() and not model.decodes(GenerationSettings(num_beams=2))
 
 
 def test_rows_that_join_and_leave_write_what_generate_writes(model, samples):

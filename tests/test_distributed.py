@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from alter.config import ConfigError, load_config
-from alter.distributed import Ranks
+from alter.evaluate.ranks import Ranks
 from alter.training.run import run_training
 
 ALTER = str(Path(sys.executable).with_name("alter"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alter.config import ConfigError, EarlyStoppingConfig, SharedLoraConfig, StageConfig, parse_config
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.training.early_stopping import EarlyStopper, stage_finished
 from alter.training.loop import train_stage
 from alter.training.run_log import RunLog
@@ -54,7 +54,7 @@ def test_the_stage_stops_at_its_plateau_and_ends_with_its_best_weights(registry,
     # -> stop at step 8.
     evaluate = Scripted(model, {"sst2": [0.4, 0.5, 0.6, 0.55, 0.54], "rte": [0.6, 0.6, 0.6, 0.6, 0.6]})
     result = train_stage(model, _stage(per_task=False), stage_rows(model, samples, RATES), tmp_path / "s1",
-                         RunLog(tmp_path / "log.jsonl"), 0, evaluate=evaluate)
+                         RunLog(tmp_path / "log.jsonl"), 0, validation_scores=evaluate)
     assert result.steps == 8 and evaluate.calls == 5
     for name, value in evaluate.weights[2].items():  # the weights of the best evaluation (step 4)
         torch.testing.assert_close(dict(model.named_parameters())[name].detach(), value, rtol=0, atol=0)
@@ -73,7 +73,7 @@ def test_each_task_stops_on_its_own_and_keeps_its_own_best(registry, samples, tm
     evaluate = Scripted(model, script)
     log = tmp_path / "log.jsonl"
     result = train_stage(model, _stage(per_task=True), stage_rows(model, samples, RATES), tmp_path / "s1",
-                         RunLog(log), 0, evaluate=evaluate)
+                         RunLog(log), 0, validation_scores=evaluate)
     assert result.steps == 14
     stops = [record for record in _log(log) if "stopped_tasks" in record]
     assert [(r["step"], r["stopped_tasks"]) for r in stops] == [(6, ["sst2"]), (14, ["sst2", "rte"])]
@@ -94,7 +94,7 @@ def test_each_task_stops_on_its_own_and_keeps_its_own_best(registry, samples, tm
 
     again = _model(registry)  # the same command again: the stage is over, the best weights come back
     train_stage(again, _stage(per_task=True), stage_rows(again, samples, RATES), tmp_path / "s1",
-                RunLog(tmp_path / "again.jsonl"), 0, evaluate=Scripted(again, script))
+                RunLog(tmp_path / "again.jsonl"), 0, validation_scores=Scripted(again, script))
     for name, value in again.named_parameters():
         torch.testing.assert_close(value.detach(), restored[name], rtol=0, atol=0)
 
@@ -103,7 +103,7 @@ def test_an_interrupted_per_task_stage_resumes_to_the_same_weights(registry, sam
     script = {"sst2": [0.0, 0.7, 0.6, 0.6], "rte": [0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.6, 0.6]}
     whole = _model(registry)
     train_stage(whole, _stage(per_task=True), stage_rows(whole, samples, RATES), tmp_path / "whole",
-                RunLog(tmp_path / "whole.jsonl"), 0, evaluate=Scripted(whole, script))
+                RunLog(tmp_path / "whole.jsonl"), 0, validation_scores=Scripted(whole, script))
 
     model = _model(registry)
     evaluate = Scripted(model, script)
@@ -119,13 +119,13 @@ def test_an_interrupted_per_task_stage_resumes_to_the_same_weights(registry, sam
     monkeypatch.setattr(model, "forward", crash_at_step_11)
     with pytest.raises(KeyboardInterrupt):
         train_stage(model, _stage(per_task=True), stage_rows(model, samples, RATES), tmp_path / "crash",
-                    RunLog(tmp_path / "crash.jsonl"), 0, evaluate=evaluate)
+                    RunLog(tmp_path / "crash.jsonl"), 0, validation_scores=evaluate)
     resumed = _model(registry)
     # The evaluations before the crash ran (the start's too; a resumed stage does not score its
     # start again); the script continues from the checkpoint's step (10).
     train_stage(resumed, _stage(per_task=True), stage_rows(resumed, samples, RATES), tmp_path / "crash",
                 RunLog(tmp_path / "crash.jsonl"), 0,
-                evaluate=Scripted(resumed, script, done=6))
+                validation_scores=Scripted(resumed, script, done=6))
     for name, value in resumed.named_parameters():
         torch.testing.assert_close(value.detach(), dict(whole.named_parameters())[name].detach(), rtol=0, atol=0)
 
@@ -135,7 +135,7 @@ def test_a_task_the_stage_only_makes_worse_ends_as_it_began(registry, samples, t
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     script = {"sst2": [0.9, 0.6, 0.6], "rte": [0.0, 0.5, 0.6, 0.6]}  # sst2 is best before any step
     train_stage(model, _stage(per_task=True), stage_rows(model, samples, RATES), tmp_path / "s1",
-                RunLog(tmp_path / "log.jsonl"), 0, evaluate=Scripted(model, script))
+                RunLog(tmp_path / "log.jsonl"), 0, validation_scores=Scripted(model, script))
     params = dict(model.named_parameters())
     for name, row in model.task_parameters(model.task_id("sst2")).items():
         now, then = params[name].detach(), start[name]
@@ -154,7 +154,7 @@ def test_a_task_at_its_trivial_score_waits_to_learn(registry, samples, tmp_path,
                         early_stopping=EarlyStoppingConfig(patience=2, per_task=True, until_learned=until_learned))
     log = tmp_path / "log.jsonl"
     train_stage(model, stage, stage_rows(model, samples, RATES), tmp_path / "s1", RunLog(log), 0,
-                evaluate=Scripted(model, script), floors={"sst2": 0.5, "rte": 0.8})
+                validation_scores=Scripted(model, script), floors={"sst2": 0.5, "rte": 0.8})
     rte_stopped = [r["step"] for r in _log(log) if "rte" in r.get("stopped_tasks", [])]
     assert rte_stopped[0] == stops_at
 

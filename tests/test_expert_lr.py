@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alter.config import SharedLoraConfig, StageConfig
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.mta.experts import LoRAExpertLinear
 from alter.training.expert_lr import ExpertStepScaler, routed_shares
 from alter.training.loop import train_stage

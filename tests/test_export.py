@@ -11,9 +11,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+import alter
 from alter.backbones import resolve_backbone
 from alter.config import ModelConfig, SharedLoraConfig
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.mta import MTAConfig
 from alter.mta.routing import routing
 from alter.serve.export import export_task
@@ -72,7 +73,7 @@ def test_bottleneck_experts_travel_as_a_checkpoint_with_its_backbone(registry, s
     card = export_task(model, "sst2", tmp_path / "out")
     assert card["format"] == "alter" and "not linear" in card["note"]
     assert (tmp_path / "out" / "backbone" / "config.json").exists()
-    loaded = MTAModel.load(tmp_path / "out")
+    loaded = alter.load(tmp_path / "out")
     examples = samples["sst2"][:3]
     assert model.predict(examples) == loaded.predict(examples)
 

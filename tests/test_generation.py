@@ -6,14 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alter.card import write_model_card
+import alter
 from alter.config import Config, ConfigError
-from alter.data.prepare import load_tasks
-from alter.data.task import Task, TaskSpec
-from alter.decoding import processors
-from alter.generation import GenerationSettings
-from alter.model import MTAModel
+from alter.data.generation import GenerationSettings
+from alter.data.spec import TaskSpec
+from alter.data.task import Task
+from alter.models.card import write_model_card
+from alter.models.decoding import processors
+from alter.models.mta_model import MTAModel
 from alter.serve.predictor import Predictor, RequestError
+from alter.training.datasets import load_tasks
 from tests.conftest import model_config, randomise_experts
 
 SUMMARY = {"task": "dialogsum", "inputs": {"dialogue": "#Person1#: Hi, how are you?\n#Person2#: Fine, thanks."}}
@@ -65,7 +67,7 @@ def model(registry):
 
 def test_a_tasks_settings_are_saved_with_the_model_and_used(model, tmp_path):
     model.save(tmp_path / "model")
-    loaded = MTAModel.load(tmp_path / "model")
+    loaded = alter.load(tmp_path / "model")
     assert loaded.tasks[1].spec.generation == GenerationSettings(max_new_tokens=3, no_repeat_ngram_size=2)
     (text, _), = loaded.predict([SUMMARY], max_new_tokens=40)  # the task's length wins
     rows = loaded.encode([SUMMARY], with_target=False)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+import alter
 from alter.config import Config
-from alter.model import MTAModel
+from alter.serve.config import ServeConfig
 from alter.serve.predictor import Predictor
 from alter.serve.scheduler import ContinuousScheduler
-from alter.serve.server import ServeConfig, create_app
+from alter.serve.server import create_app
 from alter.training.run import run_training
 
 TASKS = 64
@@ -45,7 +46,7 @@ def many_tasks(tmp_path, experts: int | None) -> Config:
 def test_a_model_of_64_tasks_trains_saves_loads_and_serves_mixed_batches(tmp_path, experts):
     report = run_training(many_tasks(tmp_path, experts))
     assert len(report["metrics"]) == TASKS + 1
-    model = MTAModel.load(tmp_path / "run" / "model")
+    model = alter.load(tmp_path / "run" / "model")
     gate = model.mta_layers[0].gate
     assert gate.num_experts == (experts or TASKS + 1) and gate.most_selected == 2  # pruned: two experts a row
     if experts:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from alter.data.task import Example
-from alter.evaluate.evaluator import compute_task_metrics
 from alter.evaluate.metrics import compute, pearson, spearman
+from alter.evaluate.predictions import compute_task_metrics
 
 
 def test_mrpc_f1_is_the_f1_of_equivalent_pairs(registry):
@@ -28,3 +28,10 @@ def test_a_constant_prediction_has_no_correlation_even_with_rounding():
     """A training mean repeated (the trivial regressor): numpy's std of [2.58] * 7 is 4e-16, not 0."""
     assert spearman([2.58] * 7, [1, 2, 3, 4, 5, 6, 7]) == {"spearman": 0.0}
     assert pearson([2.58] * 7, [1, 2, 3, 4, 5, 6, 7]) == {"pearson": 0.0}
+
+
+def test_every_metric_name_a_task_may_ask_for_has_its_function():
+    from alter.data.spec import METRIC_NAMES
+    from alter.evaluate.metrics import METRICS
+
+    assert set(METRIC_NAMES) == set(METRICS)

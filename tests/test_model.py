@@ -8,11 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+import alter
 from alter.config import StageConfig
 from alter.data.collate import IGNORE, Encoded
-from alter.data.task import Example, Task, TaskSpec
-from alter.generation import GenerationSettings
-from alter.model import MTAModel
+from alter.data.generation import GenerationSettings
+from alter.data.spec import TaskSpec
+from alter.data.task import Example, Task
+from alter.models.mta_model import MTAModel
 from alter.training.stages import prepare_stage
 from tests.conftest import model_config, randomise_experts
 
@@ -29,7 +31,7 @@ def test_save_then_load_gives_identical_logits_and_tokens(registry, samples, tmp
     model.start_collaboration("softmax", 0.7)
     examples = [e for name in names for e in samples[name][:3]]
     model.save(tmp_path / "model")
-    loaded = MTAModel.load(tmp_path / "model")
+    loaded = alter.load(tmp_path / "model")
     with torch.no_grad():
         assert torch.equal(model(model.encode(examples)), loaded(loaded.encode(examples)))
     assert model.predict(examples, max_new_tokens=8, num_beams=2) == loaded.predict(examples, max_new_tokens=8,

@@ -5,26 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+import alter
 from alter.config import StageConfig
 from alter.data.collate import Encoded
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.mta import RoutingError
 from alter.mta.inject import UnsupportedBackboneError
 from alter.training.stages import prepare_stage
-from tests.conftest import model_config, randomise_experts
-
-FAMILIES = [("tiny-llama", "lm"), ("tiny-t5", "lm"), ("tiny-bert", "classifier"), ("tiny-gpt2", "lm"),
-            ("tiny-bart", "lm")]
-
-
-def tasks_for(registry, head):
-    names = ["sst2", "stsb"] if head == "classifier" else ["sst2", "stsb", "dialogsum"]
-    return [registry.get(name) for name in names]
-
-
-def examples_for(samples, head):
-    return [e for name in (["sst2", "stsb"] if head == "classifier" else ["sst2", "stsb", "dialogsum"])
-            for e in samples[name][:3]]
+from tests.conftest import FAMILIES, examples_for, model_config, randomise_experts, tasks_for
 
 
 @pytest.mark.parametrize("backbone,head", FAMILIES)
@@ -265,7 +253,7 @@ def test_tied_stage2_gates_are_one_set_of_numbers_fitted_on_every_layer(registry
         expected = model(rows)
     assert not torch.equal(expected, stage1)
     model.save(tmp_path / "model")  # tied weights are written under every layer's name
-    loaded = MTAModel.load(tmp_path / "model").eval()
+    loaded = alter.load(tmp_path / "model").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(rows), expected)
     weights = loaded.task_gate_weights()  # (L, tasks, K + 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.serve.predictor import Predictor, RequestError
 from tests.conftest import model_config, randomise_experts
 

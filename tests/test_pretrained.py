@@ -7,7 +7,7 @@ import torch
 
 from alter.backbones import BackboneError, resolve_backbone
 from alter.config import StageConfig
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.training.stages import prepare_stage
 from tests.conftest import model_config
 

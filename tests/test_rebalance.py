@@ -11,8 +11,7 @@ from alter.config import ConfigError, RebalanceConfig, StageConfig
 from alter.data.mixture import batch_plan
 from alter.training.rebalance import TaskPlan, rebalanced_rates
 from alter.training.run import run_training
-from tests.conftest import model_config, stage_rows
-from tests.test_train import _interrupt_at, _weights, tiny
+from tests.conftest import interrupt_at, model_config, saved_weights, stage_rows, tiny
 
 # dialogsum, never above lead-2 on a tiny random model, gains rate at every check.
 REBALANCED = ("data.validation=4", "data.mixture.sampling=manual", "data.mixture.rates={sst2: 0.8, dialogsum: 0.2}",
@@ -31,7 +30,7 @@ def test_unlearned_tasks_gain_rate_up_to_the_cap_and_the_rates_sum_to_one():
 
 def test_a_plan_redrawn_from_step_zero_is_the_stage_s_own_plan(registry, samples):
     """Runs without rebalance keep the batches they always had (and resume into them)."""
-    from alter.model import MTAModel
+    from alter.models.mta_model import MTAModel
 
     tasks = [registry.get("sst2"), registry.get("stsb")]
     model = MTAModel(model_config("tiny-llama"), tasks)
@@ -45,7 +44,7 @@ def test_a_plan_redrawn_from_step_zero_is_the_stage_s_own_plan(registry, samples
     assert all(task == 1 for step in (4, 5) for micro in (0, 1) for task, _ in plan.batch(step, micro))
 
 
-def test_a_rebalanced_stage_logs_its_checks_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+def test_a_rebalanced_stage_logs_its_checks_and_resumes_to_the_samesaved_weights(tmp_path, monkeypatch):
     whole = run_training(tiny(tmp_path, "whole", *REBALANCED))
     records = [json.loads(line) for line in open(tmp_path / "whole/log.jsonl")]
     checks = [record for record in records if "not_learned" in record]
@@ -59,14 +58,14 @@ def test_a_rebalanced_stage_logs_its_checks_and_resumes_to_the_same_weights(tmp_
             assert scores["validation"] <= scores["trivial"] + 1e-9, name
     config = tiny(tmp_path, "resumed", *REBALANCED)
     with monkeypatch.context() as patch:
-        _interrupt_at(patch, 6, RuntimeError)  # the last save, at step 4, followed that step's check
+        interrupt_at(patch, 6, RuntimeError)  # the last save, at step 4, followed that step's check
         with pytest.raises(RuntimeError):
             run_training(config)
     saved = json.loads((tmp_path / "resumed/stages/stage1/last/state.json").read_text())
     assert saved["step"] == 4 and saved["rates_from_step"] == 4
     resumed = run_training(config)
     assert resumed["metrics"] == whole["metrics"]
-    full, again = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
+    full, again = saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "resumed")
     for name in full:
         assert torch.equal(full[name], again[name]), name
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.serve.predictor import Predictor
 from alter.serve.scheduler import ContinuousScheduler, QueueFull
 from tests.conftest import model_config, randomise_experts

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from tests.conftest import model_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"

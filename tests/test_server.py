@@ -14,10 +14,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alter.model import MTAModel
-from alter.serve.decode_batch import DecodeBatch
+from alter.models.decode_batch import DecodeBatch
+from alter.models.mta_model import MTAModel
+from alter.serve.config import ServeConfig
 from alter.serve.predictor import Predictor
-from alter.serve.server import ServeConfig, create_app
+from alter.serve.server import create_app
 from tests.conftest import model_config
 
 TASKS = ("sst2", "stsb", "dialogsum")

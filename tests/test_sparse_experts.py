@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import alter
 from alter.config import ConfigError, StageConfig
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.mta.layer import MTALayer
-from tests.conftest import model_config, randomise_experts
-from tests.test_mta import FAMILIES, examples_for, tasks_for
+from tests.conftest import FAMILIES, examples_for, model_config, randomise_experts, tasks_for
 
 EXPERTS = 6
 
@@ -103,7 +103,7 @@ def test_a_pruned_gate_keeps_each_row_s_largest_weights_at_the_same_total(regist
     assert torch.equal(after.gather(-1, largest) != 0, torch.ones_like(largest, dtype=torch.bool))
     assert model.mta_layers[0].gate.most_selected == 2
     model.save(tmp_path / "pruned")
-    assert torch.equal(MTAModel.load(tmp_path / "pruned").task_gate_weights(), after)  # saved with the model
+    assert torch.equal(alter.load(tmp_path / "pruned").task_gate_weights(), after)  # saved with the model
     model.start_collaboration("residual")  # a new collaboration learns over every expert again
     assert model.mta_layers[0].gate.most_selected == EXPERTS
 
@@ -122,7 +122,7 @@ def test_a_run_that_prunes_reports_the_scores_before_pruning(tmp_path):
                                                "stages.1.prune_to=1", "eval.before_training=false"])
     report = run_training(config)
     assert set(report["after_stage"]) == {"stage2_unpruned"}
-    model = MTAModel.load(tmp_path / "run" / "model")
+    model = alter.load(tmp_path / "run" / "model")
     assert ((model.task_gate_weights() != 0).sum(-1) == 1).all()
 
 

@@ -9,22 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from alter.cli import app
 from alter.config import StageConfig, load_config
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.training import loop
 from alter.training.resume import resume_conflict
 from alter.training.run import run_training
-from tests.conftest import model_config, stage_rows
+from tests.conftest import interrupt_at, model_config, saved_weights, stage_rows, tiny
 
 runner = CliRunner()
-
-
-def tiny(tmp_path, name: str, *overrides: str):
-    return load_config("configs/tiny.yaml", [f"output_dir={tmp_path / name}", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -47,27 +42,12 @@ def test_tiny_run_writes_report_plots_and_model(finished):
     assert {"sst2", "dialogsum"} == {name for r in records if "task_loss" in r for name in r["task_loss"]}
 
 
-def _weights(path) -> dict[str, torch.Tensor]:
-    return load_file(str(path / "model" / "trained.safetensors"))
-
-
-def _interrupt_at(monkeypatch, step: int, error: type[BaseException], stage: str = "stage1"):
-    write = loop.RunLog.write
-
-    def failing(self, record):
-        write(self, record)
-        if record.get("stage") == stage and record.get("step") == step:
-            raise error()
-
-    monkeypatch.setattr(loop.RunLog, "write", failing)
-
-
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, caplog, finished, error):
+def test_interrupted_run_resumes_to_the_samesaved_weights(tmp_path, monkeypatch, caplog, finished, error):
     """Ctrl-C saves at once; a crash (like a killed process) resumes from the last periodic save."""
     config = tiny(tmp_path, "resumed")
     with monkeypatch.context() as patch:
-        _interrupt_at(patch, 6, error)
+        interrupt_at(patch, 6, error)
         with pytest.raises(error):
             run_training(config)
     saved_step = json.loads((tmp_path / "resumed/stages/stage1/last/state.json").read_text())["step"]
@@ -75,23 +55,23 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, capl
     with caplog.at_level(logging.INFO, logger="alter.training.loop"):
         run_training(config)
     assert f"stage1: resumed from step {saved_step} of 12" in caplog.text
-    full, resumed = _weights(Path(finished[0].output_dir)), _weights(tmp_path / "resumed")
+    full, resumed = saved_weights(Path(finished[0].output_dir)), saved_weights(tmp_path / "resumed")
     assert full.keys() == resumed.keys()
     for name in full:
         assert torch.equal(full[name], resumed[name]), name
 
 
-def test_tied_stage2_gates_resume_to_the_same_weights(tmp_path, monkeypatch):
+def test_tied_stage2_gates_resume_to_the_samesaved_weights(tmp_path, monkeypatch):
     tied = ("stages.1.gate_layers=tied", "stages.1.save_every=2", "eval.before_training=false")
     whole = run_training(tiny(tmp_path, "whole", *tied))
     config = tiny(tmp_path, "resumed", *tied)
     with monkeypatch.context() as patch:
-        _interrupt_at(patch, 2, KeyboardInterrupt, stage="stage2")
+        interrupt_at(patch, 2, KeyboardInterrupt, stage="stage2")
         with pytest.raises(KeyboardInterrupt):
             run_training(config)
     resumed = run_training(config)
     assert resumed["metrics"] == whole["metrics"]
-    full, again = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
+    full, again = saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "resumed")
     gates = sorted(name for name in full if name.endswith("task_logits"))
     assert len(gates) > 1 and all(torch.equal(full[gates[0]], full[name]) for name in gates)
     assert not torch.equal(full[gates[0]], torch.zeros_like(full[gates[0]]))
@@ -215,7 +195,7 @@ stages: [{{kind: stage1, steps: 3, batch_size: 4}}, {{kind: stage2, steps: 2, ba
     assert result.exit_code == 0, result.output
 
 
-def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
+def test_a_killed_process_resumes_to_the_samesaved_weights(tmp_path):
     """SIGKILL leaves no chance to save: the run resumes from its last periodic checkpoint."""
     import os
     import signal
@@ -237,7 +217,7 @@ def test_a_killed_process_resumes_to_the_same_weights(tmp_path):
     assert subprocess.run(command, capture_output=True).returncode == 0
     reference = run_training(tiny(tmp_path, "whole", *overrides))
     assert reference["stages"]["stage1"]["steps"] == 48
-    full, resumed = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
+    full, resumed = saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "killed")
     for name in full:
         assert torch.equal(full[name], resumed[name]), name
 

@@ -39,11 +39,11 @@ from adapters import AutoAdapterModel, SeqBnConfig
 from adapters.composition import Fuse
 
 from alter.backbones import load_tokenizer, resolve_backbone
-from alter.data.prepare import load_split, load_tasks, load_training
-from alter.evaluate.evaluator import compute_task_metrics, main_score
-from alter.evaluate.predictions import task_record, write_predictions
+from alter.evaluate.evaluator import main_score
+from alter.evaluate.predictions import compute_task_metrics, task_record, write_predictions
 from alter.evaluate.trivial import beats_trivial, trivial_main_scores, trivial_scores
 from alter.experiment.config import load_experiment
+from alter.training.datasets import load_split, load_tasks, load_training
 
 SINGLE, FUSION = "adapterhub_single", "adapterfusion"
 

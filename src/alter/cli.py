@@ -78,9 +78,9 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
     """Train the configured stages; resumes from the last checkpoint when run again.
 
     Under `torchrun --nproc_per_node N` (or `accelerate launch`) it trains on N processes."""
-    from alter import distributed
     from alter.config import load_config
     from alter.evaluate.report_data import Report
+    from alter.training import distributed
     from alter.training.run import run_training
 
     cfg = load_config(config, set_ or [])
@@ -131,7 +131,7 @@ def experiment(config: Annotated[Path, typer.Argument(help="experiment YAML file
 def experiment_table(results: dict, title: str) -> Table:
     """Every system's mean scores, its difference from the reference system with the paired
     95% interval (* where it excludes zero), and the tasks' trivial scores."""
-    from alter.experiment.results import format_difference
+    from alter.experiment.tables import format_difference
 
     reference, trivial = results["reference"], results.get("trivial", {})
     table = Table(title=f"{title} (0-100, mean over each system's seeds)")
@@ -162,14 +162,14 @@ def eval_(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
               min=1, help="first prune the MTA gates: each row keeps its K largest gate weights")] = None) -> None:
     """Evaluate a saved model (any system, the Bi-LSTM included) on its tasks."""
     from alter.config import EvalConfig
-    from alter.data.prepare import sample
     from alter.data.task import data_root as resolve_root
     from alter.evaluate.evaluator import evaluate, macro_average
-    from alter.trainable import load_model
+    from alter.models.loading import load
+    from alter.training.datasets import sample
 
-    model = load_model(checkpoint)
+    model = load(checkpoint)
     if prune_to:
-        if not getattr(model, "mta_layers", None):
+        if not model.capabilities.gates:
             raise ValueError(f"--prune-to: {checkpoint} has no MTA gates to prune")
         model.prune_gates(prune_to)
     root = resolve_root(data_root)
@@ -194,11 +194,12 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="a saved model folde
     from tqdm.auto import tqdm
 
     from alter.data.readers import DataError, read_rows
+    from alter.models.loading import load
     from alter.serve.predictor import Predictor, RequestError
 
     if not input.exists():
         raise FileNotFoundError(f"input file not found: {input}")
-    predictor = Predictor.load(checkpoint, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    predictor = Predictor(load(checkpoint), batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
     requests, lines = [], []
     for line, row in read_rows(input, "jsonl"):
         if "__malformed__" in row:
@@ -246,8 +247,10 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
     from pydantic import ValidationError
 
     from alter.config import ConfigError, describe_errors
+    from alter.models.loading import load
+    from alter.serve.config import ServeConfig
     from alter.serve.predictor import Predictor
-    from alter.serve.server import ServeConfig, create_app
+    from alter.serve.server import create_app
 
     try:
         config = ServeConfig(scheduler=scheduler, max_queue=max_queue, batching=batching,
@@ -256,7 +259,7 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
                              request_timeout_s=request_timeout)
     except ValidationError as error:  # one line per option, not pydantic's report
         raise ConfigError(describe_errors(error, "alter serve")) from None
-    predictor = Predictor.load(checkpoint, batch_size=max_batch_size, max_new_tokens=max_new_tokens,
+    predictor = Predictor(load(checkpoint), batch_size=max_batch_size, max_new_tokens=max_new_tokens,
                                num_beams=num_beams, max_beams=max_beams)
     # On Ctrl-C / SIGTERM uvicorn stops accepting and lets in-flight requests finish, then
     # raises the signal again for the handler it found: this one, so that a drained server
@@ -275,10 +278,10 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder
     adapters merged into the weights (no extra inference cost); peft: a PEFT LoRA adapter of
     the base model, for vLLM / LoRAX / PeftModel.from_pretrained; alter: the checkpoint and
     its backbone; auto: transformers where the adapters merge, else alter."""
-    from alter.model import MTAModel
+    from alter.models.mta_model import MTAModel
     from alter.serve.export import export_task
 
-    card = export_task(MTAModel.load(checkpoint), task, out, format)
+    card = export_task(MTAModel.from_pretrained(checkpoint), task, out, format)
     console.print(f"{task} exported to {out} ({card['format']}): {card['note']}")
 
 

@@ -8,8 +8,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from alter.data.task import TaskSpec
-from alter.generation import GenerationSettings
+from alter.data.generation import GenerationSettings
+from alter.data.registry import check_unique
+from alter.data.spec import TaskSpec
 from alter.mta.config import MTAConfig
 
 
@@ -55,7 +56,7 @@ class TaskRef(_Strict):
     # be what it trains on) and is left out of every macro average.
     scored: bool = True
     validation: int | None = Field(default=None, ge=0)  # this task's `data.validation` (0: none)
-    # A generation task's settings (alter.generation), over those its spec carries.
+    # A generation task's settings (alter.data.generation), over those its spec carries.
     generation: GenerationSettings | None = None
 
 
@@ -92,9 +93,10 @@ class DataConfig(_Strict):
     def refs(self) -> list[TaskRef]:
         refs = [TaskRef(name=t) if isinstance(t, str) else t for t in self.tasks]
         names = [ref.name for ref in refs]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ConfigError(f"data.tasks: task(s) listed twice: {', '.join(duplicates)}")
+        try:
+            check_unique(names, "data.tasks")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         return [ref.model_copy(update={"max_train": ref.max_train or self.max_train,
                                        "max_eval": ref.max_eval or self.max_eval,
                                        "validation": (ref.validation if ref.validation is not None
@@ -218,7 +220,7 @@ class EvalConfig(_Strict):
     num_beams: int = Field(default=1, ge=1)
     before_training: bool = True  # score the untrained model on the same examples
     after_each_stage: bool = False  # also score the model after every stage but the last
-    # After the last stage, fit each classification task's decision offsets (alter.calibration)
+    # After the last stage, fit each classification task's decision offsets (alter.evaluate.calibration)
     # on its validation examples (`data.validation`); they are saved with the model. The
     # validation scores reported afterwards are then those the offsets were fitted on.
     calibrate: bool = False

@@ -11,7 +11,7 @@ from typing import Any
 from alter.config import Config, ConfigError, DataConfig, EvalConfig, LoggingConfig, StageConfig
 from alter.data.builtin import BUILTIN_TASKS
 from alter.evaluate.report_data import Report
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
 from alter.training.run import run_training
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alter.data.task import HubSource, SplitSource, TaskSpec
+from alter.data.spec import HubSource, SplitSource, TaskSpec
 
 _BINARY = {"0": "negative", "1": "positive"}
 # RTE and WNLI: the same entailment question, answered True / False. SmolLM2-135M-Instruct

@@ -78,6 +78,15 @@ def attention_mask(rows: Sequence[list[int]], side: str = "right") -> torch.Tens
     return pad([[1] * len(row) for row in rows], 0, side)  # (B, T)
 
 
+def token_batch(rows: Sequence[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+    """Every head's batch begins so: task ids (B,), token ids and attention mask (B, T), padded
+    on `side`."""
+    ids = [row.input_ids for row in rows]
+    return {"task_ids": torch.tensor([row.task_id for row in rows]),
+            "input_ids": pad(ids, pad_id, side),  # (B, T)
+            "attention_mask": attention_mask(ids, side)}  # (B, T)
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     """`batch` with every tensor in it (in dicts and lists, at any depth) on `device`."""
     if torch.is_tensor(batch):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from alter.data.builtin import BUILTIN_TASKS
-from alter.data.task import Task, TaskSpec
+from alter.data.spec import TaskSpec
+from alter.data.task import Task
 
 
 class TaskNotFoundError(KeyError):
@@ -49,7 +50,12 @@ def resolve_tasks(tasks: Sequence[str | Task | TaskSpec]) -> list[Task]:
     resolved = [registry.get(task) if isinstance(task, str) else Task(task) if isinstance(task, TaskSpec) else task
                 for task in tasks]
     names = [task.name for task in resolved]
+    check_unique(names, "tasks")
+    return resolved
+
+
+def check_unique(names: Sequence[str], where: str) -> None:
+    """A task named twice in one list (`where`: the list's place, e.g. `data.tasks`) is an error."""
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"tasks: task(s) given twice: {', '.join(duplicates)}")
-    return resolved
+        raise ValueError(f"{where}: task(s) listed twice: {', '.join(duplicates)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from alter.data.readers import DataError, read_rows
-from alter.data.task import TaskKind, TaskSpec
+from alter.data.spec import TaskKind, TaskSpec
 
 MAX_INFERRED_LABELS = 50  # more distinct values than this: the column is likely not a label
 

@@ -9,10 +9,9 @@ from typing import Any
 
 from alter.config import EvalConfig
 from alter.data.task import Example, Task
-from alter.distributed import SINGLE, Ranks
-from alter.evaluate.metrics import compute
-from alter.evaluate.predictions import references_of, task_record
-from alter.trainable import TrainableModel
+from alter.evaluate.predictions import compute_task_metrics, task_record
+from alter.evaluate.ranks import SINGLE, Ranks
+from alter.models.contract import TrainableModel
 
 
 @dataclass
@@ -67,10 +66,6 @@ def predict_shared(model: TrainableModel, examples: Sequence[Example], config: E
     for index, prediction in zip(order, ranks.unshard(mine, len(order))):
         results[index] = prediction  # a repeated example's copies are the same prediction
     return results
-
-
-def compute_task_metrics(task: Task, predictions: list, examples: Sequence[Example]) -> dict[str, float]:
-    return compute(task.metrics, predictions, references_of(task, examples), task.spec.labels)
 
 
 def main_score(task: Task, metrics: dict[str, float]) -> float:

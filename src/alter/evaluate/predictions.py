@@ -27,6 +27,11 @@ def references_of(task: Task, examples: Sequence[Example]) -> list:
     return [example.target for example in examples]
 
 
+def compute_task_metrics(task: Task, predictions: list, examples: Sequence[Example]) -> dict[str, float]:
+    """The task's metrics of `predictions` against `examples`' references."""
+    return compute(task.metrics, predictions, references_of(task, examples), task.spec.labels)
+
+
 def task_record(task: Task, predictions: Sequence, examples: Sequence[Example]) -> dict[str, Any]:
     """{"metric", "labels", "sources", "predictions", "references"}, and "scores" (0-1, one
     per example) when the main metric is a mean over examples."""

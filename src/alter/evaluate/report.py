@@ -17,6 +17,7 @@ import torch  # noqa: E402
 
 from alter.evaluate.evaluator import macro_average  # noqa: E402
 from alter.evaluate.trivial import shortfalls  # noqa: E402
+from alter.models.contract import TrainableModel  # noqa: E402
 
 
 def markdown_table(tasks: Sequence, after: dict, before: dict | None, trivial: dict | None = None) -> str:
@@ -105,7 +106,7 @@ def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], t
     return True
 
 
-def build_report(model, final: dict, before: dict | None, stages: Sequence, eval_counts: dict[str, int],
+def build_report(model: TrainableModel, final: dict, before: dict | None, stages: Sequence, eval_counts: dict[str, int],
                  after_stage: dict[str, dict] | None = None, eval_seconds: dict[str, float] | None = None,
                  trivial: dict[str, dict] | None = None,
                  skipped_rows: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
@@ -130,7 +131,7 @@ def build_report(model, final: dict, before: dict | None, stages: Sequence, eval
         report["trivial"] = trivial
         report["macro_trivial"] = macro_average(tasks, {name: t["metrics"] for name, t in trivial.items()})
     report["shortfalls"] = shortfalls(tasks, after, trivial or {}, before)
-    if getattr(model, "label_offsets", None):  # alter.calibration
+    if model.label_offsets:  # alter.evaluate.calibration
         report["label_offsets"] = model.label_offsets
     if skipped_rows:  # malformed rows the readers skipped: task -> split -> rows
         report["skipped_rows"] = skipped_rows
@@ -158,7 +159,7 @@ def _offsets_line(model, offsets: dict[str, list[float]]) -> str:
             + "; ".join(per_task))
 
 
-def write_report(out: Path, model, report: dict[str, Any]) -> dict[str, Any]:
+def write_report(out: Path, model: TrainableModel, report: dict[str, Any]) -> dict[str, Any]:
     """report.json, report.md and the plots in `out`; returns the report with its plots."""
     tasks = model.tasks
     plots = {}

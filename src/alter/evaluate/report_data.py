@@ -57,7 +57,7 @@ class Report(_Record):
     macro_before_training: float | None = None
     after_stage: dict[str, ScoresAfterStage] | None = None
     plots: dict[str, str] = {}
-    label_offsets: dict[str, list[float]] = {}  # decision offsets per classification task (alter.calibration)
+    label_offsets: dict[str, list[float]] = {}  # decision offsets per classification task (alter.evaluate.calibration)
     skipped_rows: dict[str, dict[str, int]] = {}  # malformed rows the readers skipped: task -> split -> rows
 
     def score(self, task: str) -> float:

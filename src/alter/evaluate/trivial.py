@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from alter.data.task import Example, Task
-from alter.evaluate.evaluator import compute_task_metrics
+from alter.evaluate.predictions import compute_task_metrics
 
 # A sentence ends at . ! or ? followed by space, or at a line break (a dialogue's turn).
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from alter.baselines.bilstm import BiLSTMConfig
 from alter.config import Config, ConfigError, describe_errors, parse_config, read_yaml
+from alter.models.bilstm import BiLSTMConfig
 
 
 class StageSource(BaseModel):

@@ -14,16 +14,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from alter.baselines.bilstm import BiLSTMModel
 from alter.config import Config, ConfigError
-from alter.data.prepare import load_split, load_tasks, task_rates
-from alter.evaluate.evaluator import compute_task_metrics, macro_average
-from alter.evaluate.predictions import task_record, write_predictions
+from alter.evaluate.evaluator import macro_average
+from alter.evaluate.predictions import compute_task_metrics, task_record, write_predictions
 from alter.evaluate.report_data import Report
 from alter.evaluate.trivial import lead
 from alter.experiment.config import ExperimentConfig, SystemConfig
 from alter.experiment.results import write_results
-from alter.model import MTAModel
+from alter.models.bilstm import BiLSTMModel
+from alter.models.mta_model import MTAModel
+from alter.training.datasets import load_split, load_tasks, task_rates
 from alter.training.early_stopping import stage_finished
 from alter.training.resume import differences, resume_conflict
 from alter.training.run import run_training

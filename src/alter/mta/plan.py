@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from alter.mta.config import MTAConfig
-
-if TYPE_CHECKING:
-    from alter.data.task import Task
 
 
 @dataclass(frozen=True)
@@ -43,22 +39,15 @@ class ExpertPlan:
         return shares
 
 
-def task_group(task: Task) -> str:
-    """The groups of ALTER's released code: generation, sentence-pair and single-sentence tasks."""
-    if task.kind == "generation":
-        return "generation"
-    return "pair" if len(task.spec.inputs) > 1 else "single"
-
-
-def plan_experts(tasks: Sequence[Task], config: MTAConfig) -> ExpertPlan:
-    """`config.assignment`: one expert per task, tasks grouped by kind, or {task: expert}."""
+def plan_experts(names: Sequence[str], groups: Sequence[str], config: MTAConfig) -> ExpertPlan:
+    """The tasks' experts by `config.assignment`: one per task, one per group (`groups`: each
+    task's kind, as ALTER's released code groups them), or {task name: expert}."""
     rule = config.assignment
-    names = [task.name for task in tasks]
     if rule == "one_per_task":
-        experts = list(range(len(tasks)))
+        experts = list(range(len(names)))
     elif rule == "by_kind":
-        groups = list(dict.fromkeys(task_group(task) for task in tasks))
-        experts = [groups.index(task_group(task)) for task in tasks]
+        distinct = list(dict.fromkeys(groups))
+        experts = [distinct.index(group) for group in groups]
     else:
         missing = [name for name in names if name not in rule]
         if missing:

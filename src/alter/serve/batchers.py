@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from alter.serve.config import ServeConfig
 from alter.serve.predictor import Predictor
 from alter.serve.scheduler import ContinuousScheduler, QueueFull
-
-if TYPE_CHECKING:
-    from alter.serve.server import ServeConfig
 
 
 @dataclass
@@ -24,6 +22,8 @@ class _Pending:
 
 class Batcher:
     """One queue and one worker: items from concurrent requests share predictions."""
+
+    streams = False  # answers a generation in one piece (`stream_events`)
 
     def __init__(self, predictor: Predictor, config: ServeConfig):
         self.predictor, self.config = predictor, config
@@ -87,6 +87,8 @@ class Batcher:
 
 class ContinuousBatcher:
     """`ContinuousScheduler`'s worker thread behind the same async `submit` as `Batcher`."""
+
+    streams = True  # reports a generation's pieces as they are written (`start_stream`)
 
     def __init__(self, predictor: Predictor, config: ServeConfig):
         self.scheduler = ContinuousScheduler(predictor, max_rows=config.max_batch_size, max_queue=config.max_queue)

@@ -5,7 +5,7 @@ PEFT LoRA) and the head is the backbone's own LM head, the task's adapters fold 
 backbone's weights: W' = W + scale * sum_k g_k(t) A_k B_k. The result is a plain Hugging Face
 model, with no extra inference cost, that any `transformers` user loads. Otherwise (bottleneck
 or FFN-copy experts, input-dependent gates, classifier heads) the folder holds the alter
-checkpoint and a copy of the backbone beside it, loadable with `MTAModel.load` anywhere.
+checkpoint and a copy of the backbone beside it, loadable with `alter.load` anywhere.
 `--format peft` writes the task's adapters as one PEFT LoRA adapter instead
 (`alter.serve.peft_export`), for engines that serve many adapters over one base model.
 """
@@ -21,22 +21,12 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from alter.backbones import plain_backbone
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
+from alter.models.shared_lora import ADAPTER
 from alter.mta.experts import LoRAExpertLinear
-from alter.shared_lora import ADAPTER
+from alter.serve.peft_export import export_peft, why_not_lora
 
 TASK_CARD = "alter-task.json"
-
-
-def why_not_mergeable(model: MTAModel) -> str | None:
-    """None when the model's adapters fold into the backbone weights, else the reason."""
-    if model.config.head != "lm":
-        return f"the {model.config.head} head is not part of a plain language model"
-    if model.config.mta.enabled and model.config.mta.kind != "lora":
-        return f"{model.config.mta.kind} experts are not linear maps"
-    if any(layer.gate.uses_input for layer in model.mta_layers):
-        return "the gates depend on the input"
-    return None
 
 
 FORMATS = ("auto", "transformers", "peft", "alter")
@@ -51,12 +41,10 @@ def export_task(model: MTAModel, task: str, out: Path, format: str = "auto") -> 
     task_id = model.task_id(task)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
-    reason = why_not_mergeable(model)
+    reason = why_not_lora(model)
     if format == "transformers" and reason:
         raise ValueError(f"cannot merge task {task} into a plain model: {reason}; use --format alter")
     if format == "peft":
-        from alter.serve.peft_export import export_peft  # peft's LoraConfig only when asked for
-
         adapter = export_peft(model, task_id, out)
         note = f"a PEFT LoRA adapter of rank {adapter['r']} for {adapter['base_model_name_or_path']}"
     elif format == "alter" or reason:

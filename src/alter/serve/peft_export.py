@@ -20,24 +20,32 @@ from safetensors.torch import save_file
 from torch import nn
 
 from alter.backbones import hub_id, resolve_backbone
-from alter.model import MTAModel
+from alter.models.mta_model import MTAModel
+from alter.models.shared_lora import ADAPTER
 from alter.mta.experts import LoRAExpertLinear
-from alter.shared_lora import ADAPTER
 
 WEIGHTS = "adapter_model.safetensors"
 
 
+def why_not_lora(model: MTAModel) -> str | None:
+    """None when each task's adapters are LoRA maps of the language model (so that they merge
+    into its weights, or stand as a PEFT adapter), else the reason."""
+    if model.config.head != "lm":
+        return f"the {model.config.head} head is not part of a language model, which a LoRA adapter extends"
+    if model.config.mta.enabled and model.config.mta.kind != "lora":
+        return f"{model.config.mta.kind} experts are not LoRA"
+    if any(layer.gate.uses_input for layer in model.mta_layers):
+        return "the gates depend on the input, so no single adapter stands for the task"
+    return None
+
+
 def why_not_peft(model: MTAModel) -> str | None:
     """None when task adapters of `model` are PEFT LoRA adapters, else why not and what to use."""
-    if model.config.head != "lm":
-        return (f"the {model.config.head} head is not part of a language model, which a LoRA adapter extends; "
-                "use --format alter")
+    reason = why_not_lora(model)
+    if reason:
+        return f"{reason}; use --format alter"
     if model.backbone_trained:
         return "the backbone's own weights were trained, which a LoRA adapter cannot carry; use --format transformers"
-    if model.config.mta.enabled and model.config.mta.kind != "lora":
-        return f"{model.config.mta.kind} experts are not LoRA; use --format alter"
-    if any(layer.gate.uses_input for layer in model.mta_layers):
-        return "the gates depend on the input, so no single adapter stands for the task; use --format alter"
     if not model.mta_layers and model.config.lora is None:
         return "the model has no adapters to export; use --format transformers"
     return None

@@ -10,12 +10,12 @@ server's limits (`RequestedGeneration`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from alter.data.collate import Encoded
+from alter.data.generation import GenerationSettings
 from alter.data.task import Example
-from alter.generation import GenerationSettings
-from alter.model import MTAModel
+from alter.models.contract import ServableModel
 from alter.serve.requests import FIELDS, blank, requested_settings
 
 
@@ -24,19 +24,18 @@ class RequestError(ValueError):
 
 
 class Predictor:
-    def __init__(self, model: MTAModel, batch_size: int = 16, max_new_tokens: int = 48, num_beams: int = 1,
+    def __init__(self, model: ServableModel, batch_size: int = 16, max_new_tokens: int = 48, num_beams: int = 1,
                  max_beams: int = 4):
         """`max_new_tokens`, `num_beams`: what a generation writes where neither its task nor
         its request says; `max_new_tokens` and `max_beams` bound what they may ask."""
+        if not model.capabilities.serving:
+            raise ValueError(f"a {type(model).__name__} is not served (only transformer systems are); "
+                             "score it with `alter eval`")
         self.model = model.eval()
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.max_beams = max(max_beams, num_beams)
         self.defaults = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams)
         self.tokens_generated = 0  # tokens written by generations (GET /metrics)
-
-    @classmethod
-    def load(cls, checkpoint: str | Path, **options: Any) -> Predictor:
-        return cls(MTAModel.load(checkpoint), **options)
 
     def tasks(self) -> list[dict[str, Any]]:
         """What each task takes and answers: name, kind, input fields, labels."""
@@ -99,6 +98,10 @@ class Predictor:
         self.tokens_generated += sum(len(tokenizer(value, add_special_tokens=False)["input_ids"])
                                      for row, (value, _) in zip(rows, predictions)
                                      if self.model.tasks[row.task_id].kind == "generation")  # the text's tokens
-        return [{"task": self.model.tasks[row.task_id].name, "prediction": value, "scores": scores,
-                 "truncated": row.truncated} for row, (value, scores) in zip(rows, predictions)]
+        return [self.result(row, value, scores) for row, (value, scores) in zip(rows, predictions)]
+
+    def result(self, row: Encoded, prediction: Any, scores: dict[str, float]) -> dict[str, Any]:
+        """What a request item gets back, whichever path predicted it."""
+        return {"task": self.model.tasks[row.task_id].name, "prediction": prediction, "scores": scores,
+                "truncated": row.truncated}
 

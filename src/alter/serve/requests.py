@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from alter.generation import MIN_TEMPERATURE, GenerationSettings, checked_temperature, settings_from
+from alter.data.generation import MIN_TEMPERATURE, GenerationSettings, checked_temperature, settings_from
 
 # An input field must hold a character that is not white space, by one definition for the
 # server and the published schema: Python's str.isspace and ECMAScript's \s together (they

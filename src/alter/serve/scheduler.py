@@ -6,7 +6,7 @@ finished summary is answered at once, not when its batch's longest one ends.
 
 Every generation writes under its own settings (its request's over its task's); what the
 running batch cannot do (beam search, an encoder-decoder or sliding-window backbone:
-`decode_batch.decodes`) is predicted statically between iterations.
+`MTAModel.decodes`) is predicted statically between iterations.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from alter.generation import GenerationSettings
-from alter.serve.decode_batch import DecodeBatch, Generating, decodes
+from alter.data.generation import GenerationSettings
+from alter.models.decode_batch import DecodeBatch, Generating
 from alter.serve.predictor import Predictor
 
 
@@ -40,7 +40,7 @@ class _Item:
 class ContinuousScheduler:
     def __init__(self, predictor: Predictor, max_rows: int = 16, max_queue: int = 256, idle_wait_s: float = 0.05):
         self.predictor, self.max_rows, self.max_queue, self.idle_wait_s = predictor, max_rows, max_queue, idle_wait_s
-        self.continuous = decodes(predictor.model)  # whether this model can keep a running batch
+        self.continuous = predictor.model.decodes()  # whether this model can keep a running batch
         self.batch = self._new_batch() if self.continuous else None
         self.waiting: queue.Queue[_Item] = queue.Queue()
         self.running: dict[int, tuple[Generating, _Item]] = {}  # id(row) -> the row and its request
@@ -102,7 +102,7 @@ class ContinuousScheduler:
                 static.append(item)
                 continue
             (settings,) = self.predictor.settings([item.request])
-            if self.continuous and decodes(model, settings):
+            if self.continuous and model.decodes(settings):
                 generating.append((item, settings))
             else:
                 static.append(item)
@@ -143,7 +143,7 @@ class ContinuousScheduler:
         self.batch.join(entries)
 
     def _answer(self, item: _Item):
-        tokenizer, tasks = self.predictor.model.tokenizer, self.predictor.model.tasks
+        tokenizer = self.predictor.model.tokenizer
 
         def done(entry: Generating) -> None:
             self.predictor.tokens_generated += len(entry.tokens)
@@ -151,8 +151,7 @@ class ContinuousScheduler:
             if item.on_piece and len(text) > len(entry.streamed):  # what the pieces have not said yet
                 item.on_piece(text[len(entry.streamed):])
             if not item.future.done():
-                item.future.set_result({"task": tasks[entry.row.task_id].name, "prediction": text.strip(),
-                                        "scores": {}, "truncated": entry.row.truncated})
+                item.future.set_result(self.predictor.result(entry.row, text.strip(), {}))
         return done
 
     def _streamer(self, on_piece: Pieces):
@@ -180,5 +179,4 @@ class ContinuousScheduler:
             self.batch = self._new_batch()
 
     def _new_batch(self) -> DecodeBatch:
-        model = self.predictor.model
-        return DecodeBatch(model.backbone, model.mta_layers, model.tokenizer.pad_token_id, model.tokenizer.eos_token_id)
+        return self.predictor.model.decode_batch()

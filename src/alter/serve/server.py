@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -24,31 +24,15 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from alter.serve.batchers import Batcher, ContinuousBatcher
-from alter.serve.contract import predict_openapi
+from alter.serve.config import ServeConfig
 from alter.serve.guards import error_response, install_guards
-from alter.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from alter.serve.metrics import ServerMetrics
+from alter.serve.openapi import predict_openapi
 from alter.serve.predictor import Predictor, RequestError
 from alter.serve.requests import RequestedGeneration
 from alter.serve.scheduler import QueueFull
 from alter.serve.streaming import stream_events
-
-
-class ServeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # continuous: scoring between decoding steps, generations joining and leaving a running
-    # batch at every step (alter.serve.scheduler); static: one batch at a time (`Batcher`).
-    scheduler: Literal["continuous", "static"] = "continuous"
-    max_queue: int = Field(default=256, ge=1)  # items waiting; beyond it, 503 with Retry-After
-    batching: bool = True  # static: items of concurrent requests predicted together
-    max_batch_size: int = Field(default=16, ge=1)  # items predicted together
-    max_wait_ms: float = Field(default=10.0, ge=0)  # how long a batch waits to fill up (0: no batching)
-    max_items: int = Field(default=64, ge=1)  # items per HTTP request
-    max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    max_input_chars: int = Field(default=20_000, ge=1)  # per input field
-    request_timeout_s: float = Field(default=300.0, gt=0)  # a request still unanswered then gets 504
-    api_key_env: str = "ALTER_API_KEY"  # when this variable is set, requests need its bearer token
+from alter.serve.telemetry import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from alter.serve.telemetry import ServerMetrics
 
 
 class Item(RequestedGeneration):
@@ -153,7 +137,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
 
 
 def _publish_contract(app: FastAPI, predictor: Predictor, config: ServeConfig) -> None:
-    """/openapi.json with the predict operation's exact contract (`alter.serve.contract`)."""
+    """/openapi.json with the predict operation's exact contract (`alter.serve.openapi`)."""
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)

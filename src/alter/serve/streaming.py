@@ -15,17 +15,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from alter.serve.batchers import Batcher, ContinuousBatcher
 
 
 def event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-async def stream_events(batcher, item: dict[str, Any]) -> AsyncIterator[str]:
-    """Events for one generation item. `batcher.start_stream` (the continuous scheduler)
-    reports pieces as they are written; another batcher answers at once, in one piece."""
-    if not hasattr(batcher, "start_stream"):
+async def stream_events(batcher: Batcher | ContinuousBatcher, item: dict[str, Any]) -> AsyncIterator[str]:
+    """Events for one generation item. A batcher that `streams` (the continuous scheduler)
+    reports pieces as they are written; another answers at once, in one piece."""
+    if not batcher.streams:
         (result,) = await batcher.submit([item])
         yield event({"piece": result["prediction"]})
         yield event({"result": result})

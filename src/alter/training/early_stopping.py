@@ -26,7 +26,7 @@ from torch import nn
 
 from alter.config import EarlyStoppingConfig
 from alter.evaluate.trivial import beats_trivial
-from alter.trainable import TrainableModel
+from alter.models.contract import TrainableModel
 
 BEST_FOLDER = "best"
 BEST_PER_TASK_FILE = "best_per_task.safetensors"

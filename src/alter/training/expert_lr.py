@@ -25,18 +25,20 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from alter.models.contract import TrainableModel
 
-def routed_shares(model, task_names: Sequence[str], rates: Sequence[float]) -> torch.Tensor | None:
+
+def routed_shares(model: TrainableModel, task_names: Sequence[str], rates: Sequence[float]) -> torch.Tensor | None:
     """The share of a batch's rows that each expert serves in stage 1, (K,) or (K + 1,) with
     the shared expert last; None for a model without MTA experts."""
-    plan = getattr(model, "expert_plan", None)
+    plan = model.expert_plan
     if plan is None or not model.mta_layers:
         return None
     by_task = dict(zip(task_names, rates))
     return plan.row_shares([by_task.get(task.name, 0.0) for task in model.tasks])
 
 
-def routed_experts(model, task_names: Sequence[str], tasks: set[str]) -> torch.Tensor | None:
+def routed_experts(model: TrainableModel, task_names: Sequence[str], tasks: set[str]) -> torch.Tensor | None:
     """(K,) or (K + 1,): 1 for each expert that stage-1 rows of `tasks` route to, 0 for the
     others; None for a model without MTA experts."""
     shares = routed_shares(model, task_names, [1.0 if name in tasks else 0.0 for name in task_names])

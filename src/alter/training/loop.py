@@ -13,10 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from alter.config import StageConfig
-from alter.data.prepare import StageData
-from alter.distributed import SINGLE, Ranks, finish_gradients, no_sync, wrap
-from alter.trainable import TrainableModel
+from alter.evaluate.ranks import SINGLE, Ranks
+from alter.models.contract import TrainableModel
 from alter.training.checkpoint import load_training_state, read_training_state, save_training_state
+from alter.training.datasets import StageData
+from alter.training.distributed import finish_gradients, no_sync, wrap
 from alter.training.early_stopping import BEST_FOLDER, EarlyStopper
 from alter.training.expert_lr import ExpertStepScaler, routed_experts, routed_shares
 from alter.training.rebalance import TaskPlan, rebalanced_rates
@@ -85,12 +86,12 @@ def _still_experts(model: TrainableModel, stage: StageConfig, data: StageData,
 
 
 def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stage_dir: Path, log: RunLog,
-                seed: int, evaluate: Callable[[], dict[str, float]] | None = None, ranks: Ranks = SINGLE,
+                seed: int, validation_scores: Callable[[], dict[str, float]] | None = None, ranks: Ranks = SINGLE,
                 unlearned: Callable[[], dict[str, tuple[float, float]]] | None = None,
                 floors: dict[str, float] | None = None) -> StageResult:
     """Run (or resume) one stage; checkpoints in `stage_dir/last`, best model in `stage_dir/best`.
 
-    `evaluate` (for `stage.eval_every`) returns each task's main score (0-1) on the examples
+    `validation_scores` (for `stage.eval_every`) returns each task's main score (0-1) on the examples
     that choose the best checkpoint; with `stage.early_stopping` the stage may end before its
     steps and ends with its best weights (alter.training.early_stopping), its starting point
     (scored before its first step) among the candidates.
@@ -107,148 +108,181 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
     if stage.batch_size < ranks.world_size:
         raise ValueError(f"stage '{stage.label}': batch_size {stage.batch_size} is smaller than the "
                          f"{ranks.world_size} processes; each needs at least one row of every batch")
-    trainable = prepare_stage(model, stage)
-    params = list(trainable.values())
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     if stage.rebalance and unlearned is None:
         raise ValueError(f"stage '{stage.label}': rebalance needs validation examples (data.validation)")
-    if stage.early_stopping and evaluate is None:
+    if stage.early_stopping and validation_scores is None:
         raise ValueError(f"stage '{stage.label}': early_stopping needs validation examples (data.validation)")
-    stopper = EarlyStopper(model, stage.early_stopping, trainable, stage_dir, floors) if stage.early_stopping else None
-    factor = _schedule(stage)
-    plan = TaskPlan(data, stage, seed)
-    last = stage_dir / "last"
-    step, spent, tokens, best = 0, 0.0, 0, float("-inf")
-    # `last.old` exists alone only when a run was killed while replacing `last`.
-    resume_from = next((path for path in (last, last.with_name("last.old")) if path.exists()), None)
-    # The main process reads the checkpoint and sends it to the others, whose machines may
-    # not share its disk (and may be fewer or more than when it was written).
-    state = ranks.from_main(read_training_state(resume_from) if ranks.is_main and resume_from else None)
-    if state is not None:
+    return StageRun(model, stage, data, stage_dir, log, seed, validation_scores, ranks, unlearned, floors).run()
+
+
+class StageRun:
+    """One stage's training state (optimizer, batch plan, early stopping, counters) and the
+    steps that move it: resume, train a step, log, check on validation, rebalance, save."""
+
+    def __init__(self, model: TrainableModel, stage: StageConfig, data: StageData, stage_dir: Path, log: RunLog,
+                 seed: int, validation_scores: Callable[[], dict[str, float]] | None, ranks: Ranks,
+                 unlearned: Callable[[], dict[str, tuple[float, float]]] | None, floors: dict[str, float] | None):
+        self.model, self.stage, self.data, self.stage_dir, self.log = model, stage, data, stage_dir, log
+        self.validation_scores, self.ranks, self.unlearned = validation_scores, ranks, unlearned
+        self.trainable = prepare_stage(model, stage)
+        self.params = list(self.trainable.values())
+        self.optimizer = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=stage.weight_decay)
+        self.stopper = (EarlyStopper(model, stage.early_stopping, self.trainable, stage_dir, floors)
+                        if stage.early_stopping else None)
+        self.factor = _schedule(stage)
+        self.plan = TaskPlan(data, stage, seed)
+        self.last = stage_dir / "last"
+        self.step, self.spent, self.tokens, self.best = 0, 0.0, 0, float("-inf")
+        self.resumed = self._resume()
+        self.scaler = _expert_step_scaler(model, stage, replace(data, rates=self.plan.rates), self.trainable)
+        self.still_experts = _still_experts(model, stage, data, self.trainable)
+        self.engine = wrap(model, ranks)
+        # Per task: summed loss and number of rows since the last log line (this rank's rows).
+        self.task_losses = torch.zeros(len(data.task_names), 2)
+
+    def _resume(self) -> bool:
+        """Load the stage's last checkpoint, if any; whether there was one."""
+        # `last.old` exists alone only when a run was killed while replacing `last`.
+        resume_from = next((path for path in (self.last, self.last.with_name("last.old")) if path.exists()), None)
+        # The main process reads the checkpoint and sends it to the others, whose machines may
+        # not share its disk (and may be fewer or more than when it was written).
+        state = self.ranks.from_main(read_training_state(resume_from) if self.ranks.is_main and resume_from else None)
+        if state is None:
+            return False
         try:
-            meta = load_training_state(state, model, optimizer)
+            meta = load_training_state(state, self.model, self.optimizer)
         except ValueError as error:  # torch: the saved optimizer holds other parameters
-            raise ValueError(f"{last}: the checkpoint holds an optimizer for other parameters than stage "
-                             f"'{stage.label}' trains ({error}); it was written by another version of the model "
-                             f"or stage: delete {stage_dir} to train the stage again") from None
-        step, spent, tokens, best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
+            raise ValueError(f"{self.last}: the checkpoint holds an optimizer for other parameters than stage "
+                             f"'{self.stage.label}' trains ({error}); it was written by another version of the "
+                             f"model or stage: delete {self.stage_dir} to train the stage again") from None
+        self.step, self.spent, self.tokens, self.best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
         if "rates" in meta:  # the stage rebalanced its tasks before this checkpoint
-            plan.redraw(meta["rates_from_step"], meta["rates"])
-        if stopper:
-            stopper.load(meta)
-        if ranks.is_main:
-            logger.info("%s: resumed from step %d of %d", stage.label, step, stage.steps)
-    scaler = _expert_step_scaler(model, stage, replace(data, rates=plan.rates), trainable)
-    still_experts = _still_experts(model, stage, data, trainable)
-    engine = wrap(model, ranks)
+            self.plan.redraw(meta["rates_from_step"], meta["rates"])
+        if self.stopper:
+            self.stopper.load(meta)
+        if self.ranks.is_main:
+            logger.info("%s: resumed from step %d of %d", self.stage.label, self.step, self.stage.steps)
+        return True
 
-    def save(at_step: int) -> None:
-        if ranks.is_main:
-            save_training_state(last, model, optimizer, at_step,
-                                {"wall_seconds": spent, "tokens": tokens, "best": best, "stage": stage.label,
-                                 **plan.state(), **(stopper.state() if stopper else {})})
-
-    def follow(rates: list[float], at_step: int) -> None:
-        """Draw the rest of the stage from new task rates (and step the experts by them)."""
-        nonlocal scaler
-        if rates != plan.rates:
-            plan.redraw(at_step, rates)
-            scaler = _expert_step_scaler(model, stage, replace(data, rates=rates), trainable)
-
-    def rebalance(at_step: int) -> None:
-        behind = unlearned()
-        rates = rebalanced_rates(data.task_names, plan.rates, list(behind), stage.rebalance)
-        log.write({"stage": stage.label, "step": at_step, "not_learned": {
-            name: {"validation": score, "trivial": floor} for name, (score, floor) in behind.items()},
-            "rates": dict(zip(data.task_names, rates))})
-        model.train()
-        follow(rates, at_step)
-
-    def check(at_step: int) -> None:
-        """Score the validation examples: keep the best model, and stop tasks or the stage."""
-        nonlocal best
-        scores = evaluate()
-        score = 100.0 * sum(scores.values()) / max(len(scores), 1)
-        log.write({"stage": stage.label, "step": at_step, "eval_macro": score, "eval_scores": scores})
-        model.train()
-        if score > best:
-            best = score
-            if ranks.is_main:
-                model.save(stage_dir / BEST_FOLDER, {"stage": stage.label, "step": at_step, "macro": score})
-        if stopper and stopper.observe(scores):
-            log.write({"stage": stage.label, "step": at_step, "stopped_tasks": stopper.stopped,
-                       "best_scores": stopper.best})
-            follow(stopper.rates(data.task_names, plan.rates), at_step)
-
-    if stopper and state is None:
-        # The stage's starting point is a candidate too: a task that the stage only makes worse
-        # on validation ends it as it began (stage 2 never leaves a task below stage 1 there).
-        check(0)
-    model.train()
-    # Per task: summed loss and number of rows since the last log line (this rank's rows).
-    task_losses = torch.zeros(len(data.task_names), 2)
-    progress = tqdm(total=stage.steps, initial=step, desc=stage.label, unit="step", dynamic_ncols=True,
-                    disable=not ranks.is_main)
-    loss_value = float("nan")
-    try:
-        while step < stage.steps and not (stopper and stopper.finished):
-            started = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = stage.lr * factor(step)
-            local_loss = torch.zeros(())
-            step_scaler = scaler or (still_experts({task for micro in range(stage.grad_accum)
-                                                    for task, _ in plan.batch(step, micro)})
-                                     if still_experts else None)
-            for micro in range(stage.grad_accum):
-                batch = [data.rows[task][index] for task, index in plan.batch(step, micro)]
-                rows = ranks.shard(batch)
-                with no_sync(engine, accumulating=micro < stage.grad_accum - 1):
-                    losses = engine(rows)  # (b,) this rank's rows
-                    # The mean over the global batch: ranks' gradients are averaged, so each rank
-                    # scales its sum by world_size / global batch size.
-                    share = losses.sum() * ranks.world_size / (len(batch) * stage.grad_accum)
-                    share.backward()
-                local_loss += losses.detach().sum() / (len(batch) * stage.grad_accum)
-                tokens += sum(len(row.input_ids) for row in batch)
-                for row, value in zip(rows, losses.detach().tolist()):
-                    task_losses[row.task_id] += torch.tensor([value, 1.0])
-            finish_gradients(engine, params, ranks)
-            step_loss = ranks.sum(local_loss).item()
-            if stage.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm)
-            if step_scaler:
-                step_scaler.before_step()
-            optimizer.step()
-            if step_scaler:
-                step_scaler.after_step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            spent += time.perf_counter() - started
-            loss_value = step_loss
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / max(spent, 1e-9):.0f}")
-            if step % stage.log_every == 0 or step == stage.steps:
-                totals = ranks.sum(task_losses)  # (tasks, 2)
-                log.write({"stage": stage.label, "step": step, "loss": step_loss, "lr": optimizer.param_groups[0]["lr"],
-                           "task_loss": {name: total / count for name, (total, count)
-                                         in zip(data.task_names, totals.tolist()) if count},
-                           "tokens_per_s": tokens / max(spent, 1e-9), "elapsed_s": spent})
-                task_losses.zero_()
-            if evaluate and stage.eval_every and (step % stage.eval_every == 0 or step == stage.steps):
-                check(step)
-            if stage.rebalance and step % stage.rebalance.every == 0 and step < stage.steps:
-                rebalance(step)
-            if step % stage.save_every == 0 or step == stage.steps or (stopper and stopper.finished):
-                save(step)
-    except KeyboardInterrupt:
-        save(step)
+    def run(self) -> StageResult:
+        stage, stopper = self.stage, self.stopper
+        if stopper and not self.resumed:
+            # The stage's starting point is a candidate too: a task that the stage only makes worse
+            # on validation ends it as it began (stage 2 never leaves a task below stage 1 there).
+            self.check(0)
+        self.model.train()
+        progress = tqdm(total=stage.steps, initial=self.step, desc=stage.label, unit="step", dynamic_ncols=True,
+                        disable=not self.ranks.is_main)
+        loss = float("nan")
+        try:
+            while self.step < stage.steps and not (stopper and stopper.finished):
+                loss = self.train_step()
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self.tokens / max(self.spent, 1e-9):.0f}")
+                self.after_step(loss)
+        except KeyboardInterrupt:
+            self.save(self.step)
+            progress.close()
+            raise
         progress.close()
-        raise
-    progress.close()
-    if stopper:
-        if ranks.is_main:
-            log.write({"stage": stage.label, "step": step, "early_stopped": step < stage.steps,
-                       "best_macro": best, **({"best_scores": stopper.best} if stopper.best else {})})
-        stopper.restore()
-    model.eval()
-    return StageResult(stage.label, step, sum(p.numel() for p in params), spent, tokens / max(spent, 1e-9), loss_value)
+        if stopper:
+            if self.ranks.is_main:
+                self.log.write({"stage": stage.label, "step": self.step, "early_stopped": self.step < stage.steps,
+                                "best_macro": self.best, **({"best_scores": stopper.best} if stopper.best else {})})
+            stopper.restore()
+        self.model.eval()
+        return StageResult(stage.label, self.step, sum(p.numel() for p in self.params), self.spent,
+                           self.tokens / max(self.spent, 1e-9), loss)
+
+    def train_step(self) -> float:
+        """One optimizer step over a global batch (its micro-batches); the batch's mean loss."""
+        stage, plan, ranks = self.stage, self.plan, self.ranks
+        started = time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = stage.lr * self.factor(self.step)
+        local_loss = torch.zeros(())
+        step_scaler = self.scaler or (self.still_experts({task for micro in range(stage.grad_accum)
+                                                          for task, _ in plan.batch(self.step, micro)})
+                                      if self.still_experts else None)
+        for micro in range(stage.grad_accum):
+            batch = [self.data.rows[task][index] for task, index in plan.batch(self.step, micro)]
+            rows = ranks.shard(batch)
+            with no_sync(self.engine, accumulating=micro < stage.grad_accum - 1):
+                losses = self.engine(rows)  # (b,) this rank's rows
+                # The mean over the global batch: ranks' gradients are averaged, so each rank
+                # scales its sum by world_size / global batch size.
+                share = losses.sum() * ranks.world_size / (len(batch) * stage.grad_accum)
+                share.backward()
+            local_loss += losses.detach().sum() / (len(batch) * stage.grad_accum)
+            self.tokens += sum(len(row.input_ids) for row in batch)
+            for row, value in zip(rows, losses.detach().tolist()):
+                self.task_losses[row.task_id] += torch.tensor([value, 1.0])
+        finish_gradients(self.engine, self.params, ranks)
+        step_loss = ranks.sum(local_loss).item()
+        if stage.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, stage.max_grad_norm)
+        if step_scaler:
+            step_scaler.before_step()
+        self.optimizer.step()
+        if step_scaler:
+            step_scaler.after_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.spent += time.perf_counter() - started
+        return step_loss
+
+    def after_step(self, loss: float) -> None:
+        """What falls due after a step: a log line, a validation check, rebalancing, a save."""
+        stage, step = self.stage, self.step
+        if step % stage.log_every == 0 or step == stage.steps:
+            totals = self.ranks.sum(self.task_losses)  # (tasks, 2)
+            self.log.write({"stage": stage.label, "step": step, "loss": loss,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "task_loss": {name: total / count for name, (total, count)
+                                          in zip(self.data.task_names, totals.tolist()) if count},
+                            "tokens_per_s": self.tokens / max(self.spent, 1e-9), "elapsed_s": self.spent})
+            self.task_losses.zero_()
+        if self.validation_scores and stage.eval_every and (step % stage.eval_every == 0 or step == stage.steps):
+            self.check(step)
+        if stage.rebalance and step % stage.rebalance.every == 0 and step < stage.steps:
+            self.rebalance(step)
+        if step % stage.save_every == 0 or step == stage.steps or (self.stopper and self.stopper.finished):
+            self.save(step)
+
+    def save(self, at_step: int) -> None:
+        if self.ranks.is_main:
+            save_training_state(self.last, self.model, self.optimizer, at_step,
+                                {"wall_seconds": self.spent, "tokens": self.tokens, "best": self.best,
+                                 "stage": self.stage.label, **self.plan.state(),
+                                 **(self.stopper.state() if self.stopper else {})})
+
+    def follow(self, rates: list[float], at_step: int) -> None:
+        """Draw the rest of the stage from new task rates (and step the experts by them)."""
+        if rates != self.plan.rates:
+            self.plan.redraw(at_step, rates)
+            self.scaler = _expert_step_scaler(self.model, self.stage, replace(self.data, rates=rates), self.trainable)
+
+    def rebalance(self, at_step: int) -> None:
+        behind = self.unlearned()
+        rates = rebalanced_rates(self.data.task_names, self.plan.rates, list(behind), self.stage.rebalance)
+        self.log.write({"stage": self.stage.label, "step": at_step, "not_learned": {
+            name: {"validation": score, "trivial": floor} for name, (score, floor) in behind.items()},
+            "rates": dict(zip(self.data.task_names, rates))})
+        self.model.train()
+        self.follow(rates, at_step)
+
+    def check(self, at_step: int) -> None:
+        """Score the validation examples: keep the best model, and stop tasks or the stage."""
+        scores = self.validation_scores()
+        score = 100.0 * sum(scores.values()) / max(len(scores), 1)
+        self.log.write({"stage": self.stage.label, "step": at_step, "eval_macro": score, "eval_scores": scores})
+        self.model.train()
+        if score > self.best:
+            self.best = score
+            if self.ranks.is_main:
+                self.model.save(self.stage_dir / BEST_FOLDER, {"stage": self.stage.label, "step": at_step,
+                                                              "macro": score})
+        if self.stopper and self.stopper.observe(scores):
+            self.log.write({"stage": self.stage.label, "step": at_step, "stopped_tasks": self.stopper.stopped,
+                            "best_scores": self.stopper.best})
+            self.follow(self.stopper.rates(self.data.task_names, self.plan.rates), at_step)

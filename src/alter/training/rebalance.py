@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from alter.config import RebalanceConfig, StageConfig
 from alter.data.mixture import batch_plan
-from alter.data.prepare import StageData
+from alter.training.datasets import StageData
 
 _START_SEED_STRIDE = 7919  # a redraw from step s uses seed + stride * s (s = 0: the stage's own plan)
 

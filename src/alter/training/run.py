@@ -10,16 +10,16 @@ from typing import Any
 import torch
 import yaml
 
-from alter.card import write_model_card
 from alter.config import Config, ConfigError, ModelConfig
-from alter.data.prepare import load_split, load_tasks, load_training, stage_data, with_mixture
 from alter.data.task import Task
-from alter.distributed import pick_device, place, start
+from alter.evaluate.ranks import Ranks
 from alter.evaluate.report import build_report, write_report
 from alter.evaluate.trivial import trivial_scores
-from alter.model import MTAModel
-from alter.trainable import TrainableModel
-from alter.training.loop import train_stage
+from alter.models.contract import TrainableModel
+from alter.models.mta_model import MTAModel
+from alter.training.datasets import TrainingSets, load_split, load_tasks, load_training, stage_data, with_mixture
+from alter.training.distributed import pick_device, place, start
+from alter.training.loop import StageResult, train_stage
 from alter.training.resume import resume_conflict
 from alter.training.run_log import TENSORBOARD_DIR, RunLog, TensorBoardEvents
 from alter.training.scoring import Scorer
@@ -48,23 +48,50 @@ def run_training(config: Config,
     train_sets, validation = training.train, training.validation
     eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
     model = place(build(config.model, tasks), device, ranks, config.distributed.strategy)
-    for stage in config.stages:
-        if stage.prune_to and not getattr(model, "mta_layers", None):
-            raise ConfigError(f"stage {stage.label}: prune_to prunes MTA gates; this {type(model).__name__} has none")
-        if stage.rebalance and not validation:
-            raise ConfigError(f"stage {stage.label}: rebalance scores the validation examples; set data.validation")
-    if config.eval.calibrate and not validation:
-        raise ConfigError("eval.calibrate fits decision offsets on the validation examples: set data.validation")
-    if config.eval.calibrate and not hasattr(model, "label_offsets"):
-        raise ConfigError(f"eval.calibrate: a {type(model).__name__} has no decision offsets")
+    _check_settings(config, model, bool(validation))
     run_log = _run_log(config, out, ranks.is_main)
     # What `Scorer.unlearned` and per-task early stopping compare the validation scores with.
     floors_needed = any(stage.rebalance or (stage.early_stopping and stage.early_stopping.per_task
                                             and stage.early_stopping.until_learned) for stage in config.stages)
-    score = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
+    scorer = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
                    trivial_scores(tasks, train_sets, validation) if floors_needed and validation else None)
-    before = score("before", "the untrained model")["metrics"] if config.eval.before_training else None
-    data = {"train": stage_data(model, config, train_sets)}
+    before = scorer("before", "the untrained model")["metrics"] if config.eval.before_training else None
+    stages, after_stage = _train_stages(config, model, training, scorer, run_log, ranks, out)
+    if config.eval.calibrate:
+        offsets = scorer.fit_label_offsets()
+        run_log.write({"label_offsets": offsets})
+        log.info("decision offsets fitted on the validation examples: %s", offsets or "none needed")
+    saved = {"stages": [vars(result) for result in stages]}
+    if ranks.is_main:
+        model.save(out / "model", saved)
+    last = config.stages[-1].label
+    final = scorer("final", "the trained model", keep=False, stage=last)
+    report = build_report(model, final, before, stages, {name: len(v) for name, v in eval_sets.items()},
+                          after_stage, scorer.seconds, trivial_scores(tasks, train_sets, eval_sets),
+                          {task.name: task.skipped_rows for task in tasks if task.skipped_rows})
+    if ranks.is_main:
+        report = _finish(model, out, report, run_log, last, saved)
+    return report
+
+
+def _check_settings(config: Config, model: TrainableModel, has_validation: bool) -> None:
+    """Settings that this model or these data cannot honour, refused before any training."""
+    for stage in config.stages:
+        if stage.prune_to and not model.capabilities.gates:
+            raise ConfigError(f"stage {stage.label}: prune_to prunes MTA gates; this {type(model).__name__} has none")
+        if stage.rebalance and not has_validation:
+            raise ConfigError(f"stage {stage.label}: rebalance scores the validation examples; set data.validation")
+    if config.eval.calibrate and not has_validation:
+        raise ConfigError("eval.calibrate fits decision offsets on the validation examples: set data.validation")
+    if config.eval.calibrate and not model.capabilities.label_offsets:
+        raise ConfigError(f"eval.calibrate: a {type(model).__name__} has no decision offsets")
+
+
+def _train_stages(config: Config, model: TrainableModel, training: TrainingSets, scorer: Scorer, run_log: RunLog,
+                  ranks: Ranks, out: Path) -> tuple[list[StageResult], dict[str, Any]]:
+    """Every stage in turn (each resumes where it stopped); the stages' results and the scores
+    taken between them (`eval.after_each_stage`, before pruning)."""
+    data = {"train": stage_data(model, config, training.train)}
     stages, after_stage = [], {}
     for index, stage in enumerate(config.stages):
         if stage.train_on not in data:
@@ -72,32 +99,19 @@ def run_training(config: Config,
         stage_rows = data[stage.train_on] if stage.mixture is None else with_mixture(config, data[stage.train_on],
                                                                                       stage.mixture)
         result = train_stage(model, stage, stage_rows, out / "stages" / stage.label,
-                             run_log, seed=config.seed + index, evaluate=score.selection_scores, ranks=ranks,
-                             unlearned=score.unlearned if stage.rebalance else None,
-                             floors=score.validation_floors())
+                             run_log, seed=config.seed + index, validation_scores=scorer.selection_scores, ranks=ranks,
+                             unlearned=scorer.unlearned if stage.rebalance else None,
+                             floors=scorer.validation_floors())
         stages.append(result)
         if stage.prune_to:
-            after_stage[f"{stage.label}_unpruned"] = score(f"after_{stage.label}_unpruned",
+            after_stage[f"{stage.label}_unpruned"] = scorer(f"after_{stage.label}_unpruned",
                                                            f"the model after {stage.label}, before pruning",
                                                            stage=stage.label)
             model.prune_gates(stage.prune_to)
         if config.eval.after_each_stage and index < len(config.stages) - 1:
-            after_stage[stage.label] = score(f"after_{stage.label}", f"the model after {stage.label}",
+            after_stage[stage.label] = scorer(f"after_{stage.label}", f"the model after {stage.label}",
                                              stage=stage.label)
-    if config.eval.calibrate:
-        offsets = score.fit_label_offsets()
-        run_log.write({"label_offsets": offsets})
-        log.info("decision offsets fitted on the validation examples: %s", offsets or "none needed")
-    if ranks.is_main:
-        model.save(out / "model", {"stages": [vars(result) for result in stages]})
-    last = config.stages[-1].label
-    final = score("final", "the trained model", keep=False, stage=last)
-    report = build_report(model, final, before, stages, {name: len(v) for name, v in eval_sets.items()},
-                          after_stage, score.seconds, trivial_scores(tasks, train_sets, eval_sets),
-                          {task.name: task.skipped_rows for task in tasks if task.skipped_rows})
-    if ranks.is_main:
-        report = _finish(model, out, report, run_log, last)
-    return report
+    return stages, after_stage
 
 
 def _run_log(config: Config, out: Path, is_main: bool) -> RunLog:
@@ -107,15 +121,15 @@ def _run_log(config: Config, out: Path, is_main: bool) -> RunLog:
     return RunLog(out / "log.jsonl", enabled=is_main, events=events)
 
 
-def _finish(model, out: Path, report: dict[str, Any], run_log: RunLog, last_stage: str) -> dict[str, Any]:
-    """The main process's last words: warnings, report and plots, gates to TensorBoard, and a
-    Hub model card beside the saved weights (kept for `save_pretrained` as well)."""
+def _finish(model: TrainableModel, out: Path, report: dict[str, Any], run_log: RunLog, last_stage: str,
+            saved: dict[str, Any]) -> dict[str, Any]:
+    """The main process's last words: warnings, report and plots, gates to TensorBoard, and the
+    model saved again now that its run is known (its model card shows the run's scores)."""
     for line in report["shortfalls"]:
         log.warning("not learned: %s", line)
     report = write_report(out, model, report)
     run_log.gates(model.task_gate_weights(), [task.name for task in model.tasks], last_stage)
     run_log.close()
-    if isinstance(model, MTAModel):
-        model.trained_in = out.resolve()
-        write_model_card(out / "model", model, out)
+    model.trained_in = out.resolve()
+    model.save(out / "model", saved)
     return report

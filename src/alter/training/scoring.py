@@ -8,20 +8,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alter.calibration import fit_offsets
 from alter.config import EvalConfig
 from alter.data.task import Example, Task
-from alter.distributed import Ranks
+from alter.evaluate.calibration import fit_offsets
 from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, main_score, predict_shared
 from alter.evaluate.predictions import write_predictions
+from alter.evaluate.ranks import Ranks
 from alter.evaluate.trivial import not_above_trivial, trivial_main_scores
+from alter.models.contract import TrainableModel
 from alter.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
 
 class Scorer:
-    def __init__(self, model, tasks: list[Task], out: Path, eval_sets: dict[str, list[Example]],
+    def __init__(self, model: TrainableModel, tasks: list[Task], out: Path, eval_sets: dict[str, list[Example]],
                  validation: dict[str, list[Example]], config: EvalConfig, ranks: Ranks, run_log: RunLog,
                  validation_trivial: dict[str, dict] | None = None):
         self.model, self.tasks, self.out, self.config, self.ranks = model, tasks, out, config, ranks

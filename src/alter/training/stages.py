@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from alter.config import StageConfig
-from alter.trainable import TrainableModel
+from alter.models.contract import TrainableModel
 
 STAGE_GROUPS: dict[str, set[str]] = {
     "stage1": {"experts", "adapters", "heads"},  # specialise: each task trains its own expert

@@ -10,12 +10,60 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from alter.config import ModelConfig
+from alter.data.spec import TaskSpec
+from alter.data.task import Task
 
 WEIGHTS_FILE = "trained.safetensors"
 META_FILE = "alter.json"
 BACKBONE_FOLDER = "backbone"
+FORMAT = 1  # of alter.json
+
+
+@dataclass(frozen=True)
+class SavedFolder:
+    """What `read_saved` found in a saved folder, before any weights are loaded."""
+
+    meta: dict[str, Any]  # alter.json as written
+    config: ModelConfig
+    tasks: list[Task]
+
+    @property
+    def architecture(self) -> str:
+        return self.meta.get("architecture", "transformer")  # folders before the Bi-LSTM name none
+
+
+def write_saved(directory: str | Path, architecture: str, config: ModelConfig, tasks: Sequence[Task],
+                state: dict[str, torch.Tensor], **fields: Any) -> Path:
+    """Write `state` (the trained weights) and `alter.json` (the architecture, model config,
+    tasks in order and `fields`) into `directory`; returns it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / WEIGHTS_FILE))
+    meta = {"format": FORMAT, "architecture": architecture, "backbone": config.backbone,
+            "model": config.model_dump(mode="json"), "tasks": [task.spec.model_dump(mode="json") for task in tasks],
+            **fields}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def read_saved(directory: str | Path) -> SavedFolder:
+    """The folder's `alter.json`, its model config and its tasks; see `read_meta` for the errors."""
+    meta = read_meta(Path(directory))
+    tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
+    return SavedFolder(meta, ModelConfig.model_validate(meta["model"]), tasks)
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(directory) / WEIGHTS_FILE))
 
 
 def read_meta(directory: Path) -> dict[str, Any]:

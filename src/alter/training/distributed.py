@@ -19,72 +19,18 @@ import datetime
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from alter.config import DistributedConfig
+from alter.evaluate.ranks import SINGLE, Ranks
+from alter.models.contract import TrainableModel
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Ranks:
-    """Where this process stands among the processes of one training run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        """Only the main process writes logs, checkpoints and reports."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def shard(self, items: Sequence[T]) -> list[T]:
-        """This rank's share of `items`: every world_size-th one, starting at its rank."""
-        return list(items[self.rank:: self.world_size])
-
-    def unshard(self, local: Sequence[T], total: int) -> list[T]:
-        """Every rank's `shard` results, put back in the order of the sharded items."""
-        if not self.distributed:
-            return list(local)
-        parts: list[Any] = [None] * self.world_size
-        dist.all_gather_object(parts, list(local))
-        merged: list[Any] = [None] * total
-        for rank, part in enumerate(parts):
-            merged[rank:: self.world_size] = part
-        return merged
-
-    def from_main(self, value: T) -> T:
-        """The main process's `value` on every rank (what it read from its disk)."""
-        if not self.distributed:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """The sum over ranks (a copy; the input is unchanged)."""
-        values = values.detach().clone()
-        if self.distributed:
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-SINGLE = Ranks()
 
 
 def start(config: DistributedConfig, device: torch.device) -> Ranks:
@@ -117,7 +63,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def place(model: nn.Module, device: torch.device, ranks: Ranks, strategy: str) -> nn.Module:
+def place(model: TrainableModel, device: torch.device, ranks: Ranks, strategy: str) -> TrainableModel:
     """The model on its device; under FSDP with several ranks, its backbone's blocks sharded
     first, so that a rank never holds more than its share of them on the device."""
     if strategy == "fsdp" and ranks.distributed:
@@ -125,13 +71,13 @@ def place(model: nn.Module, device: torch.device, ranks: Ranks, strategy: str) -
     return model.to(device)
 
 
-def _shard_backbone(model: nn.Module, device: torch.device, ranks: Ranks) -> None:
+def _shard_backbone(model: TrainableModel, device: torch.device, ranks: Ranks) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    backbone = getattr(model, "backbone", None)
-    if backbone is None:
+    if not model.capabilities.fsdp:
         raise ValueError(f"distributed.strategy fsdp shards a transformer backbone; {type(model).__name__} has none")
+    backbone = model.backbone
     # The blocks that transformers itself never splits across devices (LlamaDecoderLayer,
     # T5Block, BertLayer, ...): each one is gathered whole just before it runs.
     kinds = set(getattr(backbone, "_no_split_modules", None) or [])

@@ -14,10 +14,11 @@ from alter.data.collate import Encoded
 from alter.data.mixture import mixture_rates
 from alter.data.readers import DataError
 from alter.data.registry import builtin_registry
-from alter.data.task import Example, Task, TaskSpec, data_root
+from alter.data.spec import TaskSpec
+from alter.data.task import Example, Task, data_root
 
 if TYPE_CHECKING:  # the contract imports the heads; this module needs only the type
-    from alter.trainable import TrainableModel
+    from alter.models.contract import TrainableModel
 
 
 @dataclass

@@ -6,14 +6,13 @@ with dot-product (Luong) attention over the encoder states, decoded greedily, it
 layer tied to the embeddings. Tokens come from the backbone's tokenizer: its vocabulary
 only, no pretrained weights.
 
-The model implements `alter.trainable.TrainableModel` (encode, forward -> per-example losses,
+The model implements `alter.models.contract.TrainableModel` (encode, forward -> per-example losses,
 predict, parameter groups, save, load), so the one training loop and evaluator run it. All its
 weights form the `backbone` group: a stage trains them with `train_backbone: true`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alter.backbones import load_tokenizer
 from alter.config import ModelConfig, StageConfig
 from alter.data.collate import IGNORE, Encoded, attention_mask, pad
-from alter.data.task import Example, Task, TaskSpec
-from alter.heads import Prediction
-from alter.saved import META_FILE, WEIGHTS_FILE, read_meta
+from alter.data.task import Example, Task
+from alter.models.contract import Capabilities, Prediction
+from alter.models.saved import SavedFolder, read_weights, write_saved
 
 
 class BiLSTMConfig(BaseModel):
@@ -61,7 +59,12 @@ class BiLSTMModel(nn.Module):
             self.decoder = nn.LSTM(lstm.embed_dim, width, batch_first=True)
             self.combine = nn.Linear(2 * width, lstm.embed_dim)  # [decoder state; context] -> output
         self.mta_layers: list = []
+        self.expert_plan = None
         self.backbone_trained = True
+        self.label_offsets: dict[str, list[float]] = {}  # none: its decisions are its argmax
+        self.trained_in: Path | None = None
+
+    capabilities = Capabilities()  # no gates, no label offsets, not served
 
     @property
     def device(self) -> torch.device:
@@ -76,6 +79,9 @@ class BiLSTMModel(nn.Module):
 
     def task_gate_weights(self) -> torch.Tensor:
         return torch.empty(0)
+
+    def prune_gates(self, kept: int) -> None:
+        raise ValueError("a Bi-LSTM has no gates to prune")
 
     def task_id(self, name: str) -> int:
         if name not in self.task_index:
@@ -202,22 +208,15 @@ class BiLSTMModel(nn.Module):
         return {}
 
     def load_trained(self, directory: str | Path) -> None:
-        self.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
+        self.load_state_dict(read_weights(directory))
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.trained_state(), str(directory / WEIGHTS_FILE))
-        meta = {"format": 1, "architecture": "bilstm", "model": self.config.model_dump(mode="json"),
-                "bilstm": self.lstm_config.model_dump(), "tasks": [task.spec.model_dump(mode="json")
-                                                          for task in self.tasks], **(extra or {})}
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        write_saved(directory, "bilstm", self.config, self.tasks, self.trained_state(),
+                    bilstm=self.lstm_config.model_dump(), **(extra or {}))
 
     @classmethod
-    def load(cls, directory: str | Path) -> BiLSTMModel:
-        directory = Path(directory)
-        meta = read_meta(directory)
-        tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
-        model = cls(ModelConfig.model_validate(meta["model"]), tasks, BiLSTMConfig.model_validate(meta["bilstm"]))
+    def from_saved(cls, saved: SavedFolder, directory: Path) -> BiLSTMModel:
+        """The model saved in `directory` (what `read_saved` found there), in eval mode."""
+        model = cls(saved.config, saved.tasks, BiLSTMConfig.model_validate(saved.meta["bilstm"]))
         model.load_trained(directory)
         return model.eval()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -22,20 +21,45 @@ from alter.backbones import (
     stable_name,
     with_pad_token,
 )
-from alter.calibration import decide
-from alter.card import write_model_card
 from alter.config import ModelConfig, StageConfig
 from alter.data.collate import Encoded
+from alter.data.generation import GenerationSettings
 from alter.data.registry import resolve_tasks
-from alter.data.task import Example, Task, TaskSpec, as_example
-from alter.generation import GenerationSettings
-from alter.heads import ClassifierHead, LMHead, Prediction
+from alter.data.spec import TaskSpec
+from alter.data.task import Example, Task, as_example
+from alter.models.card import write_model_card
+from alter.models.contract import Capabilities, Prediction
+from alter.models.decode_batch import DecodeBatch
+from alter.models.heads import ClassifierHead, LMHead
+from alter.models.saved import (
+    BACKBONE_FOLDER,
+    SavedFolder,
+    point_at_backbone_beside,
+    read_saved,
+    read_weights,
+    write_saved,
+)
+from alter.models.shared_lora import add_shared_lora, shared_lora_parameters
 from alter.mta import ExpertModule, MTAConfig, MTALayer, TaskGate, inject_mta
 from alter.mta.plan import ExpertPlan, plan_experts
-from alter.saved import BACKBONE_FOLDER, META_FILE, WEIGHTS_FILE, point_at_backbone_beside, read_meta
-from alter.shared_lora import add_shared_lora, shared_lora_parameters
 
 HEADS = {"lm": LMHead, "classifier": ClassifierHead}
+
+
+def task_group(task: Task) -> str:
+    """The groups of ALTER's released code: generation, sentence-pair and single-sentence tasks."""
+    if task.kind == "generation":
+        return "generation"
+    return "pair" if len(task.spec.inputs) > 1 else "single"
+
+
+SMALLEST_PROB = 1e-30  # a probability that underflowed to 0 still has a (very low) log
+
+
+def decide(labels: Sequence[str], probs: dict[str, float], offsets: Sequence[float]) -> str:
+    """The label with the largest log-probability plus its offset (the task's decision offsets,
+    fitted by `alter.evaluate.calibration`)."""
+    return max(zip(labels, offsets), key=lambda pair: math.log(max(probs[pair[0]], SMALLEST_PROB)) + pair[1])[0]
 
 
 class MTAModel(nn.Module):
@@ -63,13 +87,14 @@ class MTAModel(nn.Module):
         self.mta_layers: list[MTALayer] = []
         self.expert_plan: ExpertPlan | None = None
         if config.mta.enabled:
-            self.expert_plan = plan_experts(self.tasks, config.mta)
+            self.expert_plan = plan_experts([task.name for task in self.tasks],
+                                            [task_group(task) for task in self.tasks], config.mta)
             self.mta_layers = inject_mta(self.backbone, config.mta, self.expert_plan)
         if config.lora is not None:
             add_shared_lora(self.backbone, config.lora)
         self.backbone_trained = False
         # Per classification task, an offset per label added to its log-probability before the
-        # decision (alter.calibration; fitted by `eval.calibrate`), saved in alter.json.
+        # decision (alter.evaluate.calibration; fitted by `eval.calibrate`), saved in alter.json.
         self.label_offsets: dict[str, list[float]] = {}
         self.trained_in: Path | None = None  # the run folder of the last training run (its report and plots)
 
@@ -237,8 +262,26 @@ class MTAModel(nn.Module):
 
     def prune_gates(self, kept: int) -> None:
         """Every row draws on its `kept` largest gate weights in every layer (`TaskGate.prune`)."""
+        if not self.mta_layers:
+            raise ValueError("this model has no MTA gates to prune")
         for layer in self.mta_layers:
             layer.gate.prune(kept)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(gates=bool(self.mta_layers), label_offsets=True, serving=True, fsdp=True)
+
+    # --- continuous decoding (the server's running batch) ------------------------------
+    def decodes(self, settings: GenerationSettings | None = None) -> bool:
+        """Whether `decode_batch` can write under `settings`: one beam, a decoder-only backbone
+        with plain (not sliding-window) key/value caches, the LM head."""
+        backbone = self.backbone.config
+        one_beam = settings is None or (settings.num_beams or 1) == 1
+        return (one_beam and self.config.head == "lm" and not backbone.is_encoder_decoder
+                and not getattr(backbone, "sliding_window", None) and not getattr(backbone, "layer_types", None))
+
+    def decode_batch(self) -> DecodeBatch:
+        return DecodeBatch(self.backbone, self.mta_layers, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
 
     @torch.no_grad()
     def task_gate_weights(self) -> torch.Tensor:
@@ -272,22 +315,22 @@ class MTAModel(nn.Module):
         return trained
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.trained_state(), str(directory / WEIGHTS_FILE))
-        meta = {
-            "format": 1,
-            "backbone": self.config.backbone,
-            "model": self.config.model_dump(mode="json"),
-            "tasks": [task.spec.model_dump(mode="json") for task in self.tasks],
-            "backbone_trained": self.backbone_trained,
-            **({"label_offsets": self.label_offsets} if self.label_offsets else {}),
-            **(extra or {}),
-        }
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        """Write what training changed (`trained_state`), `alter.json` (with `extra`) and the
+        model card (README.md: the tasks and, after a training run, `trained_in`'s scores) into
+        `directory`. A backbone with no name to load it by (built in memory) is saved beside
+        them, once per folder: it is frozen, or its trained weights are in the weights file.
+        `alter.load` reads the folder back; `save_pretrained` is this, by the Hub's name."""
+        offsets = {"label_offsets": self.label_offsets} if self.label_offsets else {}
+        directory = write_saved(directory, "transformer", self.config, self.tasks, self.trained_state(),
+                                backbone_trained=self.backbone_trained, **offsets, **(extra or {}))
+        if not backbone_is_loadable(self.config.backbone):
+            self.save_backbone_beside(directory)
+        write_model_card(directory, self, self.trained_in)
+
+    save_pretrained = save
 
     def load_trained(self, directory: str | Path) -> None:
-        state = load_file(str(Path(directory) / WEIGHTS_FILE))
+        state = read_weights(directory)
         missing = set(state) - set(self.state_dict())
         if missing:
             raise ValueError(f"{directory}: checkpoint holds weights this model lacks: {sorted(missing)[:3]}")
@@ -296,40 +339,34 @@ class MTAModel(nn.Module):
                 state[name] = torch.tensor(False)
         self.load_state_dict(state, strict=False)
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """`save`, with a model card (README.md, for the Hub) that lists the tasks and, after
-        a training run, their scores and gates; a backbone that has no name to load it by
-        again (built in memory) is saved beside the weights."""
-        directory = Path(directory)
-        self.save(directory)
-        if not backbone_is_loadable(self.config.backbone):
-            self.save_backbone_beside(directory)
-        write_model_card(directory, self, self.trained_in)
-
     def save_backbone_beside(self, directory: Path) -> None:
         """Copy the backbone itself (its current weights, no adapters) into the saved folder
-        `directory`, and point the checkpoint at it, so that the folder loads anywhere."""
-        plain_backbone(self.backbone).save_pretrained(directory / BACKBONE_FOLDER)
-        self.tokenizer.save_pretrained(directory / BACKBONE_FOLDER)
+        `directory` unless it is there already, and point the checkpoint at it, so that the
+        folder loads anywhere."""
+        if not (directory / BACKBONE_FOLDER / "config.json").exists():
+            plain_backbone(self.backbone).save_pretrained(directory / BACKBONE_FOLDER)
+            self.tokenizer.save_pretrained(directory / BACKBONE_FOLDER)
         point_at_backbone_beside(directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> MTAModel:
-        """A model saved by `save_pretrained` (or `save`); the model card is not read."""
-        return cls.load(directory)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> MTAModel:
-        directory = Path(directory)
-        meta = read_meta(directory)
-        tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
-        config = ModelConfig.model_validate(meta["model"])
+    def from_saved(cls, saved: SavedFolder, directory: Path) -> MTAModel:
+        """The model saved in `directory` (what `read_saved` found there), in eval mode."""
+        config = saved.config
         beside = directory / config.backbone  # an exported model carries its backbone in its folder
         if not Path(config.backbone).is_absolute() and (beside / "config.json").exists():
             config = config.model_copy(update={"backbone": str(beside)})
-        model = cls(config, tasks)
-        model.backbone_trained = meta.get("backbone_trained", False)
-        model.label_offsets = meta.get("label_offsets", {})
+        model = cls(config, saved.tasks)
+        model.backbone_trained = saved.meta.get("backbone_trained", False)
+        model.label_offsets = saved.meta.get("label_offsets", {})
         model.load_trained(directory)
-        model.eval()
-        return model
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MTAModel:
+        """`alter.load` by the Hub's name, for a transformer system (a Bi-LSTM's folder is an
+        error that says to use `alter.load`)."""
+        saved = read_saved(directory)
+        if saved.architecture != "transformer":
+            raise ValueError(f"{directory} holds a {saved.architecture} model, not an MTAModel: load it with "
+                             "alter.load")
+        return cls.from_saved(saved, Path(directory))

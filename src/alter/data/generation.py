@@ -1,6 +1,6 @@
 """How a generation task writes: beams, repetition controls, length, sampling. Saved with
 the task (`TaskSpec.generation`), set per task in a config, overridable per request; how
-the settings become token choices is `alter.decoding`."""
+the settings become token choices is `alter.models.decoding`."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from alter.generation import GenerationSettings
+from alter.data.generation import GenerationSettings
 
 
 def processors(settings: GenerationSettings, prompt_length: int = 0) -> LogitsProcessorList:

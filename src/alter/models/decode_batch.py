@@ -11,7 +11,7 @@ the input, the pooled prompt its gates saw at prefill.
 Each row writes under its own generation settings: plain greedy rows take the batch's
 argmax, a row with repetition controls or sampling its `TokenChooser`'s choice (the same
 processors and seeded draws as `generate`, so it writes what the static path writes). Beam
-search and encoder-decoder or sliding-window backbones are for the static path (`decodes`).
+search and encoder-decoder or sliding-window backbones are for the static path (`MTAModel.decodes`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import nn
 from transformers import DynamicCache
 
 from alter.data.collate import Encoded, attention_mask, pad
-from alter.decoding import TokenChooser
-from alter.generation import GenerationSettings
+from alter.data.generation import GenerationSettings
+from alter.models.decoding import TokenChooser
 from alter.mta.routing import routing
 
 
@@ -43,16 +43,6 @@ class Generating:
     cancelled: bool = False  # set from outside (a client left): the row leaves at the next step
     streamed: str = ""  # the text sent so far, for a streamed row
     chooser: TokenChooser | None = None  # set on joining, unless the row is plain greedy
-
-
-def decodes(model, settings: GenerationSettings | None = None) -> bool:
-    """Whether `DecodeBatch` can write for `model` under `settings`: one beam, a decoder-only
-    backbone with plain (not sliding-window) key/value caches, the LM head."""
-    backbone = model.backbone
-    one_beam = settings is None or (settings.num_beams or 1) == 1
-    return (one_beam and model.config.head == "lm" and not backbone.config.is_encoder_decoder
-            and not getattr(backbone.config, "sliding_window", None)
-            and not getattr(backbone.config, "layer_types", None))
 
 
 class DecodeBatch:

@@ -16,14 +16,14 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 
 from alter.config import ModelConfig
-from alter.data.collate import IGNORE, Encoded, attention_mask, encode_prompt, encode_target, pad, to_device
+from alter.data.collate import IGNORE, Encoded, encode_prompt, encode_target, pad, to_device, token_batch
+from alter.data.generation import GenerationSettings
 from alter.data.task import Example, Task
-from alter.decoding import generate_kwargs, seeded
-from alter.generation import GenerationSettings
+from alter.models.contract import Prediction
+from alter.models.decoding import generate_kwargs, seeded
 from alter.mta.routing import routing
 
 Batch = dict[str, Any]
-Prediction = tuple[Any, dict[str, float]]  # (label / score / text, scores per label)
 
 
 class HeadError(ValueError):
@@ -97,12 +97,7 @@ class LMHead(DeviceAware):
         return self._splits[task.name]
 
     def collate(self, rows: Sequence[Encoded], tokenizer, side: str = "right") -> Batch:
-        ids = [row.input_ids for row in rows]
-        batch: Batch = {
-            "task_ids": torch.tensor([row.task_id for row in rows]),
-            "input_ids": pad(ids, tokenizer.pad_token_id, side),  # (B, T)
-            "attention_mask": attention_mask(ids, side),  # (B, T)
-        }
+        batch: Batch = token_batch(rows, tokenizer.pad_token_id, side)
         if rows[0].labels is not None:
             batch["labels"] = pad([row.labels for row in rows], IGNORE, side)  # (B, T) or (B, T_target)
             batch["choices"] = [(row.choices, row.choice_offset, row.answer) for row in rows]
@@ -309,13 +304,9 @@ class ClassifierHead(DeviceAware):
         value = task.label_index(example) if with_target and example.target is not None else None
         return Encoded(task_id, prompt, target=value, truncated=truncated)
 
-    def collate(self, rows: Sequence[Encoded], tokenizer, side: str = "right") -> Batch:
-        ids = [row.input_ids for row in rows]
-        batch: Batch = {
-            "task_ids": torch.tensor([row.task_id for row in rows]),
-            "input_ids": pad(ids, tokenizer.pad_token_id, "right"),  # (B, T)
-            "attention_mask": attention_mask(ids, "right"),  # (B, T)
-        }
+    def collate(self, rows: Sequence[Encoded], tokenizer) -> Batch:
+        """Padded on the right: `outputs` pools by the attention mask (the last position: its sum)."""
+        batch: Batch = token_batch(rows, tokenizer.pad_token_id)
         if rows[0].target is not None:
             batch["targets"] = torch.tensor([float(row.target) for row in rows])  # (B,)
         batch["pool_masks"] = {"main": batch["attention_mask"]}

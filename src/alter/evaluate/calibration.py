@@ -11,21 +11,15 @@ examples (held out of training, never the evaluation split) are kept with the mo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from alter.data.task import Example, Task
-from alter.evaluate.evaluator import compute_task_metrics
+from alter.evaluate.predictions import compute_task_metrics
+from alter.models.mta_model import SMALLEST_PROB
 
 _ROUNDS = 2  # coordinate-ascent sweeps over the labels (one suffices for two labels)
-_SMALLEST_PROB = 1e-30  # a probability that underflowed to 0 still has a (very low) log
-
-
-def decide(labels: Sequence[str], probs: dict[str, float], offsets: Sequence[float]) -> str:
-    """The label with the largest log-probability plus its offset."""
-    return max(zip(labels, offsets), key=lambda pair: math.log(max(probs[pair[0]], _SMALLEST_PROB)) + pair[1])[0]
 
 
 def fit_offsets(task: Task, predictions: Sequence[tuple[str, dict[str, float]]],
@@ -38,7 +32,7 @@ def fit_offsets(task: Task, predictions: Sequence[tuple[str, dict[str, float]]],
     unless a change scores strictly higher, so a task that needs no offset gets none."""
     labels = task.spec.labels
     table = np.array([[probs[label] for label in labels] for _, probs in predictions])  # (N, C)
-    logp = np.log(np.clip(table, _SMALLEST_PROB, None))  # (N, C)
+    logp = np.log(np.clip(table, SMALLEST_PROB, None))  # (N, C)
     offsets = np.zeros(len(labels))
 
     def score(candidate: np.ndarray) -> float:

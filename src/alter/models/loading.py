@@ -1,0 +1,24 @@
+"""`alter.load`: the one way to load any saved system, whatever its architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alter.models.bilstm import BiLSTMModel
+from alter.models.contract import TrainableModel
+from alter.models.mta_model import MTAModel
+from alter.models.saved import read_saved
+
+ARCHITECTURES = {"transformer": MTAModel, "bilstm": BiLSTMModel}  # as alter.json names them
+
+
+def load(directory: str | Path) -> TrainableModel:
+    """The system saved in `directory` by its `save` (an MTAModel: MTA, the shared LoRA, full
+    fine-tuning, the encoder; or the Bi-LSTM), in eval mode. A missing folder, a run's folder
+    given for the model inside it, or an unknown architecture is an error that says so."""
+    directory = Path(directory)
+    saved = read_saved(directory)
+    if saved.architecture not in ARCHITECTURES:
+        raise ValueError(f"{directory}: unknown architecture '{saved.architecture}' "
+                         f"(known: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[saved.architecture].from_saved(saved, directory)
