@@ -9,9 +9,10 @@ import alter
 from alter.config import ModelConfig, SharedLoraConfig, StageConfig
 from alter.evaluate.trivial import lead
 from alter.models.bilstm import BiLSTMConfig, BiLSTMModel
-from alter.models.contract import TrainableModel
+from alter.models.contract import Capabilities, ServableModel, TrainableModel
 from alter.models.mta_model import MTAModel
 from alter.mta import MTAConfig
+from alter.serve.predictor import Predictor
 from alter.training.stages import prepare_stage
 from tests.conftest import model_config
 
@@ -87,13 +88,23 @@ def test_the_bilstm_learns_each_kind_of_task_and_predicts(registry, samples, tmp
     loaded = alter.load(tmp_path / "bilstm")  # the folder names its architecture
     assert isinstance(loaded, BiLSTMModel) and isinstance(loaded, TrainableModel)
     assert loaded.predict(examples, batch_size=4, max_new_tokens=6) == predictions
+    with pytest.raises(ValueError, match="holds a bilstm model, not an MTAModel: load it with alter.load"):
+        MTAModel.from_pretrained(tmp_path / "bilstm")
 
 
 def test_every_system_implements_the_trainable_contract(registry):
     tasks = [registry.get("sst2")]
-    assert isinstance(MTAModel(model_config("tiny-llama"), tasks), TrainableModel)
-    assert isinstance(BiLSTMModel(model_config("tiny-llama"), tasks, BiLSTMConfig(embed_dim=8, hidden=8)),
-                      TrainableModel)
+    mta = MTAModel(model_config("tiny-llama"), tasks)
+    plain = MTAModel(model_config("tiny-llama", enabled=False), tasks)
+    bilstm = BiLSTMModel(model_config("tiny-llama"), tasks, BiLSTMConfig(embed_dim=8, hidden=8))
+    assert all(isinstance(model, TrainableModel) for model in (mta, plain, bilstm))
+    assert isinstance(mta, ServableModel) and mta.capabilities.serving and mta.capabilities.gates
+    assert not plain.capabilities.gates and plain.expert_plan is None  # declared, not probed
+    assert bilstm.capabilities == Capabilities() and bilstm.expert_plan is None and bilstm.label_offsets == {}
+    with pytest.raises(ValueError, match="a BiLSTMModel is not served"):
+        Predictor(bilstm)
+    with pytest.raises(ValueError, match="no gates to prune"):
+        bilstm.prune_gates(1)
 
 
 def test_lead_takes_the_first_sentences_and_turns():

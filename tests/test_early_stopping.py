@@ -12,8 +12,9 @@ from alter.config import ConfigError, EarlyStoppingConfig, SharedLoraConfig, Sta
 from alter.models.mta_model import MTAModel
 from alter.training.early_stopping import EarlyStopper, stage_finished
 from alter.training.loop import train_stage
+from alter.training.run import run_training
 from alter.training.run_log import RunLog
-from tests.conftest import model_config, stage_rows
+from tests.conftest import model_config, stage_rows, tiny
 
 RATES = {"sst2": 0.5, "rte": 0.5}
 
@@ -194,3 +195,17 @@ def test_early_stopping_needs_evaluations_and_validation_examples():
     with pytest.raises(ConfigError, match="set data.validation"):
         parse_config({"data": {"tasks": ["rte"]},
                       "stages": [{"kind": "stage1", "eval_every": 5, "early_stopping": {"patience": 2}}]})
+
+
+def test_an_auxiliary_task_with_validation_examples_stops_on_them_and_stays_out_of_the_report(tmp_path):
+    """An auxiliary task trains to its own plateau (its own validation examples, when it names
+    some) and is still never scored: no dev score, no validation macro, no calibration."""
+    config = tiny(tmp_path, "aux", "data.validation=4", "data.tasks=[sst2, {name: rte, scored: false, validation: 4}]",
+                  "stages=[{kind: stage1, steps: 8, batch_size: 4, eval_every: 2, "
+                  "early_stopping: {patience: 1, per_task: true, until_learned: false}}]")
+    assert {ref.name: ref.validation for ref in config.data.refs()} == {"sst2": 4, "rte": 4}
+    report = run_training(config)
+    records = [json.loads(line) for line in (tmp_path / "aux" / "log.jsonl").read_text().splitlines()]
+    checked = [record["eval_scores"] for record in records if "eval_scores" in record]
+    assert checked and all(set(scores) == {"sst2", "rte"} for scores in checked)  # rte's own examples decide
+    assert set(report["metrics"]) == set(report["validation"]["metrics"]) == {"sst2"}

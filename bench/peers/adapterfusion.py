@@ -9,8 +9,8 @@ per-example predictions format, so that its paired intervals cover them:
 
 - `adapterhub_single` (ST-A): one bottleneck adapter (`SeqBnConfig`, reduction 16) with its own
   head per task, each trained on its task alone until its validation score stops improving
-  (the experiment's stage-1 cap, check interval and patience; the auxiliary tasks, which hold
-  no validation examples, for `--aux-steps`).
+  (the experiment's stage-1 cap, check interval and patience; an auxiliary task that holds no
+  validation examples, for `--aux-steps`).
 - `adapterfusion`: per scored target task, a fusion layer over every task's adapter
   (`Fuse`), trained with the target's head on the target's own training rows, early-stopped
   on its validation examples (the experiment's stage-2 cap, interval and patience).
@@ -152,7 +152,9 @@ class Peer:
         model.train_adapter(task)
         model.set_active_adapters(task)
         stage = self.stage1.model_copy(update={"lr": self.args.adapter_lr})
-        aux = None if task in self.dev else self.args.aux_steps  # auxiliary tasks have no validation
+        # An auxiliary task without validation examples trains for --aux-steps; with some (the config's
+        # own for it), to its plateau as every other task.
+        aux = None if self.validation.get(task) else self.args.aux_steps
         steps, seconds = self.fit(model, task, stage, aux)
         target.mkdir(parents=True, exist_ok=True)
         model.save_adapter(str(target), task, with_head=True)

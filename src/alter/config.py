@@ -55,7 +55,9 @@ class TaskRef(_Strict):
     # An auxiliary task trains with the others but is never scored (its own dev examples may
     # be what it trains on) and is left out of every macro average.
     scored: bool = True
-    validation: int | None = Field(default=None, ge=0)  # this task's `data.validation` (0: none)
+    # This task's `data.validation` (0: none). An auxiliary task has none unless it names its
+    # own: then they serve its early stopping alone (it trains to its own plateau), never a macro.
+    validation: int | None = Field(default=None, ge=0)
     # A generation task's settings (alter.data.generation), over those its spec carries.
     generation: GenerationSettings | None = None
 
@@ -100,7 +102,7 @@ class DataConfig(_Strict):
         return [ref.model_copy(update={"max_train": ref.max_train or self.max_train,
                                        "max_eval": ref.max_eval or self.max_eval,
                                        "validation": (ref.validation if ref.validation is not None
-                                                      else self.validation) if ref.scored else 0})
+                                                      else self.validation) if ref.scored else ref.validation or 0})
                 for ref in refs]
 
 

@@ -26,7 +26,11 @@ class Scorer:
                  validation: dict[str, list[Example]], config: EvalConfig, ranks: Ranks, run_log: RunLog,
                  validation_trivial: dict[str, dict] | None = None):
         self.model, self.tasks, self.out, self.config, self.ranks = model, tasks, out, config, ranks
-        self.eval_sets, self.validation, self.run_log = eval_sets, validation, run_log
+        self.eval_sets, self.run_log = eval_sets, run_log
+        # Every task's validation examples choose checkpoints and stop tasks (an auxiliary task's
+        # too, when it holds some); only the scored tasks' are reported, rebalanced and calibrated.
+        self.selection = validation
+        self.validation = {name: examples for name, examples in validation.items() if name in eval_sets}
         self.validation_trivial = validation_trivial or {}  # trivial_scores on the validation examples
         self.seconds: dict[str, float] = {}  # each evaluation's wall time
 
@@ -60,7 +64,7 @@ class Scorer:
         """What `eval_every` keeps the best checkpoint (and early stopping stops) by: each
         task's main score (0-1) on the held-out training examples when the config holds some
         out (`data.validation`), else on the evaluation split."""
-        results = evaluate(self.model, self.validation or self.eval_sets, self.config, self.ranks)
+        results = evaluate(self.model, self.selection or self.eval_sets, self.config, self.ranks)
         return {task.name: main_score(task, results[task.name]) for task in self.tasks if task.name in results}
 
     def unlearned(self) -> dict[str, tuple[float, float]]:
