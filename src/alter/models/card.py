@@ -95,7 +95,7 @@ def _writes(task: Task) -> str:
 def _usage(task: Task) -> list[str]:
     inputs = ", ".join(f'"{field}": "..."' for field in task.spec.inputs)
     return ["## Use", "", "```python", "import alter", "",
-            'model = alter.MTAModel.from_pretrained("path/to/this/folder")',
+            'model = alter.load("path/to/this/folder")',
             f'model.predict([{{"task": "{task.name}", "inputs": {{{inputs}}}}}])', "```", "",
             "or serve every task over HTTP: `alter serve path/to/this/folder`.", ""]
 

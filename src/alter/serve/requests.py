@@ -8,7 +8,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from alter.data.generation import MIN_TEMPERATURE, GenerationSettings, checked_temperature, settings_from
@@ -23,21 +24,20 @@ def blank(text: str) -> bool:
     return re.search(NON_BLANK, text) is None
 
 
-class RequestedGeneration(BaseModel):
+# What a client may ask beyond what GenerationSettings itself allows: the server's bounds.
+REQUEST_BOUNDS: dict[str, dict[str, Any]] = {
+    "temperature": {"le": 2.0, "json_schema_extra": {  # 0: greedy (or beams); a sample from MIN_TEMPERATURE
+        "not": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": MIN_TEMPERATURE}}},
+    "seed": {"le": 2**32 - 1},  # the same seed, the same sample
+    "no_repeat_ngram_size": {"le": 16},
+    "repetition_penalty": {"le": 10.0},
+}  # `max_new_tokens` beyond the server's is cut to it; `num_beams` is bounded by --max-beams
+
+
+class _RequestChecks(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_new_tokens: int | None = Field(default=None, ge=1)  # more than the server's is cut to it
-    num_beams: int | None = Field(default=None, ge=1)  # at most the server's --max-beams
-    # 0: greedy (or beams); from MIN_TEMPERATURE to 2: a sample (one beam).
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0, json_schema_extra={
-        "not": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": MIN_TEMPERATURE}})
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # the same seed, the same sample
-    no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=16)
-    repetition_penalty: float | None = Field(default=None, ge=1.0, le=10.0)
-
-    @field_validator("max_new_tokens", "num_beams", "temperature", "top_p", "seed", "no_repeat_ngram_size",
-                     "repetition_penalty", mode="before")
+    @field_validator(*GenerationSettings.model_fields, mode="before", check_fields=False)
     @classmethod
     def _json_number(cls, value: Any, info: ValidationInfo) -> Any:
         """Only what JSON Schema calls a number (an integer: one without a fraction, 16.0 too):
@@ -49,10 +49,23 @@ class RequestedGeneration(BaseModel):
                                       f"Input should be a valid {'integer' if integer else 'number'}")
         return value
 
-    @field_validator("temperature")
+    @field_validator("temperature", check_fields=False)
     @classmethod
     def _temperature(cls, value: float | None) -> float | None:
         return checked_temperature(value)
+
+
+def _requested(name: str, field: FieldInfo) -> tuple[Any, FieldInfo]:
+    """A setting's field as a request carries it: the same type and limits, the server's on top."""
+    bounded = FieldInfo.merge_field_infos(field, Field(**REQUEST_BOUNDS.get(name, {})), default=None)
+    return field.annotation, bounded
+
+
+# The fields of GenerationSettings that a client can set per item; the server's item model
+# extends it, the API contract publishes its schema, the Predictor turns it into settings.
+RequestedGeneration = create_model(
+    "RequestedGeneration", __base__=_RequestChecks,
+    **{name: _requested(name, field) for name, field in GenerationSettings.model_fields.items()})
 
 
 FIELDS = tuple(RequestedGeneration.model_fields)
