@@ -71,7 +71,7 @@ def test_bottleneck_experts_travel_as_a_checkpoint_with_its_backbone(registry, s
     model = MTAModel(model_config("tiny-llama"), [registry.get("sst2"), registry.get("dialogsum")]).eval()
     randomise_experts(model)
     card = export_task(model, "sst2", tmp_path / "out")
-    assert card["format"] == "alter" and "not linear" in card["note"]
+    assert card["format"] == "alter" and "bottleneck experts are not LoRA" in card["note"]
     assert (tmp_path / "out" / "backbone" / "config.json").exists()
     loaded = alter.load(tmp_path / "out")
     examples = samples["sst2"][:3]

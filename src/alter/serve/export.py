@@ -50,7 +50,7 @@ def export_task(model: MTAModel, task: str, out: Path, format: str = "auto") -> 
     elif format == "alter" or reason:
         out.mkdir(parents=True, exist_ok=True)
         _copy_checkpoint(model, out)
-        note = f"not merged ({reason or 'as asked'}): load with alter.MTAModel.from_pretrained"
+        note = f"not merged ({reason or 'as asked'}): load with alter.load"
         format = "alter"
     else:
         out.mkdir(parents=True, exist_ok=True)
