@@ -64,7 +64,7 @@ def decide(labels: Sequence[str], probs: dict[str, float], offsets: Sequence[flo
 
 class MTAModel(nn.Module):
     """A backbone with MTA layers inside it and task heads (`from_backbone` builds one from a
-    Hugging Face model or its name; `from_pretrained` loads a saved one)."""
+    Hugging Face model or its name; `alter.load` loads a saved one)."""
 
     def __init__(self, config: ModelConfig, tasks: Sequence[Task], backbone: PreTrainedModel | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None):
