@@ -3,6 +3,8 @@
 
     make peers      # its own venv: adapters 1.3 needs transformers 4.57
     bench/peers/.venv/bin/python bench/peers/adapterfusion.py configs/convergence.yaml --seeds 0
+    bench/peers/.venv/bin/python bench/peers/adapterfusion.py configs/convergence.yaml --seeds 0 \
+        --system mta_aux --suffix _aux      # beside mta_aux: its data, caps and auxiliary validation
 
 Two systems per seed, written where `alter experiment` reads them (kind `external`), in its
 per-example predictions format, so that its paired intervals cover them:
@@ -52,7 +54,9 @@ class Peer:
     """One seed's data, tokenizer and the schedule that alter's systems train under."""
 
     def __init__(self, experiment, seed: int, out: Path, args):
-        self.config = experiment.train_config("mta", seed, out)
+        # The data, caps and stopping rule of the alter system it stands beside (`--system`).
+        self.config = experiment.train_config(args.system, seed, out)
+        self.single, self.fusion = SINGLE + args.suffix, FUSION + args.suffix
         self.seed, self.out, self.args = seed, out, args
         self.tasks = {task.name: task for task in load_tasks(self.config)}
         training = load_training(self.config, list(self.tasks.values()))
@@ -139,7 +143,7 @@ class Peer:
 
     # --- the two systems ----------------------------------------------------------------------
     def adapter_dir(self, task: str) -> Path:
-        return self.out / SINGLE / "adapters" / task
+        return self.out / self.single / "adapters" / task
 
     def train_single(self, task: str) -> None:
         target = self.adapter_dir(task)
@@ -171,10 +175,10 @@ class Peer:
             records[task], metrics[task] = self.evaluate(model, task)
         # Its cost: the scored tasks' adapters (the auxiliary ones serve AdapterFusion only).
         trained = {task: json.loads((self.adapter_dir(task) / "trained.json").read_text()) for task in self.dev}
-        return self.result(SINGLE, records, metrics, trained)
+        return self.result(self.single, records, metrics, trained)
 
     def train_fusion(self, target: str) -> dict:
-        folder = self.out / FUSION / "targets" / target
+        folder = self.out / self.fusion / "targets" / target
         if (folder / "done.json").exists():
             return json.loads((folder / "done.json").read_text())
         model = self.new_model()
@@ -200,7 +204,7 @@ class Peer:
         records = {task: part["record"] for task, part in done.items()}
         metrics = {task: part["metrics"] for task, part in done.items()}
         singles = {task: json.loads((self.adapter_dir(task) / "trained.json").read_text()) for task in self.tasks}
-        result = self.result(FUSION, records, metrics, {task: {k: v for k, v in part.items() if k in
+        result = self.result(self.fusion, records, metrics, {task: {k: v for k, v in part.items() if k in
                                                                ("steps", "seconds", "trainable_params")}
                                                         for task, part in done.items()})
         result["adapter_seconds"] = round(sum(part["seconds"] for part in singles.values()), 2)
@@ -232,6 +236,9 @@ def main() -> None:
     parser.add_argument("--adapter-lr", type=float, default=1e-3, help="ST-A learning rate")
     parser.add_argument("--fusion-lr", type=float, default=1e-4, help="fusion learning rate")
     parser.add_argument("--reduction-factor", type=int, default=16)
+    parser.add_argument("--system", default="mta",
+                        help="the alter system whose data, caps and early stopping it follows (e.g. mta_aux)")
+    parser.add_argument("--suffix", default="", help="appended to the two systems' names (e.g. _aux)")
     parser.add_argument("--aux-steps", type=int, default=1500, help="steps of each auxiliary task's adapter")
     args = parser.parse_args()
     experiment = load_experiment(args.config)
@@ -241,7 +248,7 @@ def main() -> None:
         for task in peer.tasks:
             print(f"seed {seed}: ST-A adapter {task}", flush=True)
             peer.train_single(task)
-        for system, build in ((SINGLE, peer.single_result), (FUSION, peer.fusion_result)):
+        for system, build in ((peer.single, peer.single_result), (peer.fusion, peer.fusion_result)):
             path = out / system / "result.json"
             if not path.exists():
                 result = build()
