@@ -62,8 +62,6 @@ def run_training(config: Config,
         run_log.write({"label_offsets": offsets})
         log.info("decision offsets fitted on the validation examples: %s", offsets or "none needed")
     saved = {"stages": [vars(result) for result in stages]}
-    if ranks.is_main:
-        model.save(out / "model", saved)
     last = config.stages[-1].label
     final = scorer("final", "the trained model", keep=False, stage=last)
     report = build_report(model, final, before, stages, {name: len(v) for name, v in eval_sets.items()},
@@ -124,7 +122,8 @@ def _run_log(config: Config, out: Path, is_main: bool) -> RunLog:
 def _finish(model: TrainableModel, out: Path, report: dict[str, Any], run_log: RunLog, last_stage: str,
             saved: dict[str, Any]) -> dict[str, Any]:
     """The main process's last words: warnings, report and plots, gates to TensorBoard, and the
-    model saved again now that its run is known (its model card shows the run's scores)."""
+    model saved once its run's report is written (its model card shows the run's scores; an
+    interruption before this loses no training: the finished stages' checkpoints are kept)."""
     for line in report["shortfalls"]:
         log.warning("not learned: %s", line)
     report = write_report(out, model, report)
