@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench peers
+.PHONY: setup demo test test-fast bench bench-peers peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -27,6 +27,11 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/suite.py
+
+# llama.cpp beside alter's generation (bench/decode.py): llama-cpp-python builds from source,
+# about 10 minutes on two cores; kept out of setup and the tests.
+bench-peers: setup
+	$(BIN)/pip install -q -e '.[bench]'
 
 # AdapterHub's `adapters` (the AdapterFusion peer of configs/convergence.yaml) pins transformers
 # 4.57: its own venv, with alter itself for the shared data preparation and scoring.

@@ -1,7 +1,7 @@
 """Mixed-task inference on SmolLM2-135M: 16 requests of 4 tasks, (a) scored by rank
 classification and (b) generated (40 new tokens each, greedy), in one run.
 
-    .venv/bin/python bench/inference.py [--rounds 3] [--json] [--backbone smollm2-135m]
+    .venv/bin/python bench/inference.py [--rounds 3] [--json] [--backbone smollm2-135m] [--quantize int8]
 
 Four ways to answer the same 16 requests, timed side by side (rounds interleave them, the
 median counts):
@@ -127,9 +127,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--quantize", choices=["int8", "none"], default="none",
+                        help="alter's inference.quantize (int8 decoding steps); PEFT's rows stay float32")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = build_model(args.backbone)
+    model.set_inference(args.quantize)
     rows = requests(model)
     groups = by_task(rows)
     peft_score, peft_generate = peft_runs(model, rows)
@@ -172,7 +175,7 @@ def main() -> None:
         "requests_per_s": {name: round(value, 2) for name, value in throughput.items()},
         "tokens_per_s": {name: round(value * tokens[name.split("/")[0]], 1) for name, value in throughput.items()},
         "requests": len(rows), "tasks": TASKS, "new_tokens": NEW_TOKENS, "rounds": args.rounds,
-        "backbone": args.backbone, "threads": torch.get_num_threads(),
+        "backbone": args.backbone, "threads": torch.get_num_threads(), "quantize": args.quantize,
     }
     if args.json:
         print(json.dumps(result))

@@ -81,6 +81,15 @@ def _gguf_file(spec: PackagedBackbone, name: str, package_dir: Path, work_dir: P
     return target
 
 
+def packaged_gguf(name: str) -> Path:
+    """The GGUF file that a packaged backbone ships (what llama.cpp reads, for comparisons)."""
+    spec = PACKAGED.get(name)
+    if spec is None or not spec.gguf:
+        raise BackboneError(f"backbone '{name}' ships no single GGUF file "
+                            f"(those that do: {', '.join(n for n, s in PACKAGED.items() if s.gguf)})")
+    return _package_dir(spec, name) / spec.gguf
+
+
 def _convert_gguf(spec: PackagedBackbone, name: str, package_dir: Path, target: Path) -> None:
     """De-quantize a GGUF into a float32 Hugging Face folder at `target` (atomically)."""
     from transformers import AutoModelForCausalLM

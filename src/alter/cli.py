@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +19,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Small language models as multi-task learners with Mixture-of-Task-Adapters.")
 console = Console()
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, OSError)
+
+
+class Quantize(str, Enum):
+    """How the pretrained weights compute when a command scores and writes (InferenceConfig)."""
+
+    int8 = "int8"
+    none = "none"
+
+
+QuantizeOption = Annotated[Quantize, typer.Option(
+    help="int8: decoding steps read int8 copies of the backbone's pretrained weights (faster "
+         "generation; scoring stays float32; docs/serving.md, 'The fast decode path'); none: float32")]
 
 
 def friendly_errors(command):
@@ -159,7 +172,8 @@ def eval_(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
           output: Annotated[Optional[Path], typer.Option(help="write the metrics as JSON here")] = None,
           batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48,
           prune_to: Annotated[Optional[int], typer.Option(
-              min=1, help="first prune the MTA gates: each row keeps its K largest gate weights")] = None) -> None:
+              min=1, help="first prune the MTA gates: each row keeps its K largest gate weights")] = None,
+          quantize: QuantizeOption = Quantize.int8) -> None:
     """Evaluate a saved model (any system, the Bi-LSTM included) on its tasks."""
     from alter.config import EvalConfig
     from alter.data.task import data_root as resolve_root
@@ -167,7 +181,7 @@ def eval_(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
     from alter.models.loading import load
     from alter.training.datasets import sample
 
-    model = load(checkpoint)
+    model = load(checkpoint, quantize.value)
     if prune_to:
         if not model.capabilities.gates:
             raise ValueError(f"--prune-to: {checkpoint} has no MTA gates to prune")
@@ -189,7 +203,8 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="a saved model folde
                                                      '{"task": NAME, "inputs": {FIELD: TEXT}} (mixed tasks)')],
             task: Annotated[Optional[str], typer.Option(help="every line is this task's input fields")] = None,
             output: Annotated[Optional[Path], typer.Option(help="JSONL results (default: stdout)")] = None,
-            batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48) -> None:
+            batch_size: int = 16, num_beams: int = 1, max_new_tokens: int = 48,
+            quantize: QuantizeOption = Quantize.int8) -> None:
     """Predict every request of a JSONL file (any mix of tasks, batched together)."""
     from tqdm.auto import tqdm
 
@@ -199,7 +214,8 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="a saved model folde
 
     if not input.exists():
         raise FileNotFoundError(f"input file not found: {input}")
-    predictor = Predictor(load(checkpoint), batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    predictor = Predictor(load(checkpoint, quantize.value), batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          num_beams=num_beams)
     requests, lines = [], []
     for line, row in read_rows(input, "jsonl"):
         if "__malformed__" in row:
@@ -238,6 +254,7 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
           num_beams: Annotated[int, typer.Option(help="beams where neither task nor request says")] = 1,
           max_beams: Annotated[int, typer.Option(help="the most beams a request may ask for")] = 4,
           max_new_tokens: Annotated[int, typer.Option(help="a generation's budget; requests may ask for less")] = 48,
+          quantize: QuantizeOption = Quantize.int8,
           ) -> None:
     """Serve a model over HTTP: POST /v1/predict, GET /v1/tasks, GET /health, docs at /docs.
     Set ALTER_API_KEY to require 'Authorization: Bearer <key>'."""
@@ -259,7 +276,7 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
                              request_timeout_s=request_timeout)
     except ValidationError as error:  # one line per option, not pydantic's report
         raise ConfigError(describe_errors(error, "alter serve")) from None
-    predictor = Predictor(load(checkpoint), batch_size=max_batch_size, max_new_tokens=max_new_tokens,
+    predictor = Predictor(load(checkpoint, quantize.value), batch_size=max_batch_size, max_new_tokens=max_new_tokens,
                                num_beams=num_beams, max_beams=max_beams)
     # On Ctrl-C / SIGTERM uvicorn stops accepting and lets in-flight requests finish, then
     # raises the signal again for the handler it found: this one, so that a drained server

@@ -228,6 +228,16 @@ class EvalConfig(_Strict):
     calibrate: bool = False
 
 
+class InferenceConfig(_Strict):
+    """How a model computes when it scores and writes (evaluation, `alter predict`, `alter
+    eval`, `alter serve`): `quantize: int8` lets the pretrained backbone's linear layers read
+    int8 copies of their weights (`alter.models.quantized`); the experts, adapters and heads
+    stay float32, training always computes in float32 and a checkpoint stays float32.
+    Measured in docs/serving.md ("The fast decode path")."""
+
+    quantize: Literal["int8", "none"] = "int8"
+
+
 class DistributedConfig(_Strict):
     """Used when a launcher (torchrun, accelerate launch) starts several processes."""
 
@@ -252,6 +262,7 @@ class Config(_Strict):
     data: DataConfig
     stages: list[StageConfig] = [StageConfig(kind="stage1"), StageConfig(kind="stage2", steps=30, lr=1e-2)]
     eval: EvalConfig = EvalConfig()
+    inference: InferenceConfig = InferenceConfig()
     distributed: DistributedConfig = DistributedConfig()
     logging: LoggingConfig = LoggingConfig()
 

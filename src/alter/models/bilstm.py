@@ -27,6 +27,7 @@ from alter.config import ModelConfig, StageConfig
 from alter.data.collate import IGNORE, Encoded, attention_mask, pad
 from alter.data.task import Example, Task
 from alter.models.contract import Capabilities, Prediction
+from alter.models.quantized import Quantize
 from alter.models.saved import SavedFolder, read_weights, write_saved
 
 
@@ -209,6 +210,9 @@ class BiLSTMModel(nn.Module):
 
     def load_trained(self, directory: str | Path) -> None:
         self.load_state_dict(read_weights(directory))
+
+    def set_inference(self, quantize: Quantize) -> None:
+        """Nothing pretrained to quantize: every weight of the Bi-LSTM is trained, and float32."""
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
         write_saved(directory, "bilstm", self.config, self.tasks, self.trained_state(),

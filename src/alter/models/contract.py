@@ -24,6 +24,7 @@ from alter.config import ModelConfig, StageConfig
 from alter.data.collate import Encoded
 from alter.data.generation import GenerationSettings
 from alter.data.task import Example, Task
+from alter.models.quantized import Quantize
 from alter.mta.plan import ExpertPlan
 
 if TYPE_CHECKING:
@@ -88,6 +89,12 @@ class TrainableModel(Protocol):
 
     def load_trained(self, directory: str | Path) -> None:
         """Load the weights that `save` wrote in `directory` into this model."""
+
+    def set_inference(self, quantize: Quantize) -> None:
+        """How the pretrained weights compute when the model scores and writes without
+        gradients: from int8 copies (`"int8"`) or in float32 (`"none"`). Training computes
+        in float32 either way; nothing of it is saved. A system without pretrained weights
+        (the Bi-LSTM) computes in float32 whatever it is told."""
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ from alter.models.card import write_model_card
 from alter.models.contract import Capabilities, Prediction
 from alter.models.decode_batch import DecodeBatch
 from alter.models.heads import ClassifierHead, LMHead
+from alter.models.quantized import Quantize, quantize_linears
 from alter.models.saved import (
     BACKBONE_FOLDER,
     SavedFolder,
@@ -266,6 +267,12 @@ class MTAModel(nn.Module):
             raise ValueError("this model has no MTA gates to prune")
         for layer in self.mta_layers:
             layer.gate.prune(kept)
+
+    def set_inference(self, quantize: Quantize) -> None:
+        """The backbone's pretrained linear layers (inside LoRA experts' and PEFT's wrappers
+        too) compute in int8 at inference, or in float32 (`alter.models.quantized`)."""
+        pretrained = {id(param) for param in self.param_groups()["backbone"].values()}
+        quantize_linears(self.backbone, pretrained, quantize)
 
     @property
     def capabilities(self) -> Capabilities:

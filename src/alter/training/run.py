@@ -47,7 +47,11 @@ def run_training(config: Config,
     training = load_training(config, tasks)
     train_sets, validation = training.train, training.validation
     eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
-    model = place(build(config.model, tasks), device, ranks, config.distributed.strategy)
+    model = build(config.model, tasks)
+    # FSDP hands each block its weights for the length of a forward: no int8 copy would last.
+    model.set_inference("none" if config.distributed.strategy == "fsdp" and ranks.world_size > 1
+                        else config.inference.quantize)
+    model = place(model, device, ranks, config.distributed.strategy)
     _check_settings(config, model, bool(validation))
     run_log = _run_log(config, out, ranks.is_main)
     # What `Scorer.unlearned` and per-task early stopping compare the validation scores with.

@@ -1,0 +1,121 @@
+"""Int8 weights for the decoding steps, float32 for everything else.
+
+A decoding step reads every backbone weight to write one token per row: 540 MB in float32
+for SmolLM2-135M, a quarter of that in int8, and on a CPU that reading is the step's cost.
+`quantize_linears` turns the pretrained linear layers (those inside LoRA experts' and PEFT's
+wrappers included; experts, adapters and task heads stay as they are) into
+`Int8InferenceLinear`: the same module object, with the same float32 parameters and
+state-dict keys, which computes from an int8 copy of its weight (PyTorch's fbgemm / x86
+dynamic-quantization kernel, `quantized::linear_dynamic`: int8 weights per output channel,
+each row's activations quantized to 8 bits by a scale of its own, 7 on CPUs without VNNI)
+when it runs a decoding step (one new token per row) in eval mode without gradients, and in
+float32 otherwise.
+
+Why decoding steps alone: the channels that carry very large activations leave the others a
+handful of int8 levels. With every pass in int8 and one activation scale per call (the
+kernel's own), SmolLM2's sst2 accuracy fell from 87 to 66 on 100 dev sentences; with one scale
+per token (below) label probabilities still moved by 0.04 on average (0.24 at most). Prompt
+passes and scoring (one pass) are compute-bound anyway, so they stay exactly float32; in
+decoding steps the int8 weights cost dialogsum ROUGE-L 27.8 against 28.3 on 30 dev dialogues
+(docs/serving.md, "The fast decode path", has the figures, and `bench/decode.py` times it
+beside llama.cpp).
+
+Training is unchanged (it computes in float32), and an evaluation in the middle of training
+reads the weights as they are then: the int8 copy is made again whenever a weight changes
+(its version counter).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Quantize = Literal["int8", "none"]
+
+
+def _seven_bit_activations() -> bool:
+    """Whether activations must keep 7 bits: on x86 CPUs without VNNI, fbgemm multiplies
+    8-bit activations by int8 weights in int16 pairs, which can overflow (torch.ao's own
+    dynamic Linear always keeps 7 bits for that reason); with VNNI it accumulates in int32."""
+    if torch.backends.quantized.engine not in ("fbgemm", "x86"):
+        return False
+    try:
+        return "vnni" not in Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: the safe choice
+        return True
+
+
+SEVEN_BIT_ACTIVATIONS = _seven_bit_activations()
+
+
+class Int8InferenceLinear(nn.Linear):
+    """nn.Linear that computes with int8 weights when nothing needs its gradient."""
+
+    _packed: torch.Tensor | None = None  # fbgemm's packed int8 weight (no bias)
+    _packed_version: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, in) -> (B, T, out); int8 for a decoding step (T = 1) at inference."""
+        decoding = x.dim() == 3 and x.shape[1] == 1
+        if not decoding or self.training or torch.is_grad_enabled() or x.dtype != torch.float32 \
+                or x.device.type != "cpu":
+            return F.linear(x, self.weight, self.bias)
+        return self._int8_linear(x)
+
+    def _int8_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel quantizes its input with one scale for all its rows, so that a row's
+        result would depend on the other rows of its batch (the server's two schedulers would
+        write different tokens for it). Each row is therefore scaled to [-1, 1] by its own
+        largest magnitude first, with one more row that holds exactly -1 and 1, so that the
+        kernel's range is [-1, 1] whatever the batch: every row is quantized by its own scale,
+        and its result is the same in any batch (integer products; one scale per element)."""
+        rows = x.reshape(-1, x.shape[-1])  # (N, in)
+        magnitude = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)  # (N, 1)
+        bounds = rows.new_zeros(1, rows.shape[1])
+        bounds[0, 0], bounds[0, -1] = 1.0, -1.0
+        unit = torch.cat([rows / magnitude, bounds])  # (N + 1, in), range exactly [-1, 1]
+        out = torch.ops.quantized.linear_dynamic(unit, self._int8_weight(), SEVEN_BIT_ACTIVATIONS)[:-1]  # (N, out)
+        out = out * magnitude
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _int8_weight(self) -> torch.Tensor:
+        if self._packed is None or self._packed_version != self.weight._version:
+            weight = self.weight.detach().float()
+            # Symmetric scales, one per output channel.
+            scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-8).double()
+            with warnings.catch_warnings():
+                # PyTorch marks its quantized tensor types deprecated (to move to torchao, whose
+                # int8 CPU path was 1.5x slower than float32 here, eager): docs/serving.md.
+                warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+                qweight = torch.quantize_per_channel(weight, scales, torch.zeros_like(scales, dtype=torch.long),
+                                                     axis=0, dtype=torch.qint8)
+            self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+            self._packed_version = self.weight._version
+        return self._packed
+
+
+def quantize_linears(root: nn.Module, frozen: set[int], how: Quantize) -> int:
+    """Let every nn.Linear under `root` whose weight is one of `frozen` (parameter ids: the
+    pretrained weights, not experts, adapters or heads) compute in int8 at inference
+    (`how="int8"`), or in float32 again (`"none"`). Returns how many layers changed.
+
+    Each layer changes class in place rather than being replaced: it stays the same object,
+    so the hooks that MTA layers put on it (a bottleneck expert's on BERT's `output.dense`,
+    on BART's `fc1` and `fc2`) and every reference to it keep working."""
+    if how == "int8" and not {"fbgemm", "x86", "qnnpack"} & set(torch.backends.quantized.supported_engines):
+        raise RuntimeError("inference.quantize=int8 needs PyTorch's quantized CPU kernels (fbgemm or qnnpack), "
+                           "which this PyTorch build lacks; use inference.quantize=none")
+    old, new = (nn.Linear, Int8InferenceLinear) if how == "int8" else (Int8InferenceLinear, nn.Linear)
+    chosen = [module for module in root.modules() if type(module) is old and id(module.weight) in frozen]
+    for module in chosen:
+        module.__class__ = new
+        module.__dict__.pop("_packed", None)  # a later int8 copy starts afresh
+        module.__dict__.pop("_packed_version", None)
+    return len(chosen)
