@@ -8,7 +8,7 @@ from torch import nn
 
 from alter.config import SharedLoraConfig
 from alter.models.mta_model import MTAModel
-from alter.models.quantized import Int8InferenceLinear, quantize_linears
+from alter.models.quantized import Int8InferenceLinear, int8_prompts, quantize_linears
 from tests.conftest import FAMILIES, examples_for, model_config, randomise_experts, tasks_for
 
 
@@ -17,7 +17,7 @@ def _linear(seed: int = 0) -> nn.Linear:
     return nn.Linear(64, 48)
 
 
-def test_int8_for_decoding_steps_alone_and_float32_where_gradients_flow():
+def test_int8_for_generation_alone_and_float32_where_gradients_flow():
     plain = _linear()
     root = nn.Sequential(plain)
     assert quantize_linears(root, {id(plain.weight)}, "int8") == 1
@@ -29,6 +29,8 @@ def test_int8_for_decoding_steps_alone_and_float32_where_gradients_flow():
     with torch.no_grad():
         approximate = fast(step)
         assert torch.equal(fast(prompt), nn.functional.linear(prompt, plain.weight, plain.bias))
+        with int8_prompts():  # a generation's prompt pass
+            assert not torch.equal(fast(prompt), nn.functional.linear(prompt, plain.weight, plain.bias))
     assert not torch.equal(approximate, expected)  # the int8 kernel ran
     assert (approximate - expected).abs().max() < 0.02 * expected.abs().max()
     assert torch.equal(fast(step), expected)  # gradients enabled: float32

@@ -27,6 +27,7 @@ from transformers import DynamicCache
 from alter.data.collate import Encoded, attention_mask, pad
 from alter.data.generation import GenerationSettings
 from alter.models.decoding import TokenChooser
+from alter.models.quantized import int8_prompts
 from alter.mta.routing import routing
 
 
@@ -77,7 +78,7 @@ class DecodeBatch:
         input_ids = pad(ids, self.pad_id, "left").to(self.device)  # (n, T)
         mask = attention_mask(ids, "left").to(self.device)  # (n, T)
         task_ids = torch.tensor([entry.row.task_id for entry in new], device=self.device)
-        with routing(task_ids, {"main": mask}) as context:
+        with routing(task_ids, {"main": mask}) as context, int8_prompts():
             output = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask),
                                    use_cache=True, **self.last_logits_only)
             pooled = {index: context.pooled_cache[index] for index in self.pooling_layers}

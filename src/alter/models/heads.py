@@ -21,6 +21,7 @@ from alter.data.generation import GenerationSettings
 from alter.data.task import Example, Task
 from alter.models.contract import Prediction
 from alter.models.decoding import generate_kwargs, seeded
+from alter.models.quantized import int8_prompts
 from alter.mta.routing import routing
 
 Batch = dict[str, Any]
@@ -259,7 +260,7 @@ class LMHead(DeviceAware):
         # What generate's processors see before the first written token: the decoder's start
         # token, or the (padded) prompt.
         prompt_length = 1 if self.seq2seq else batch["input_ids"].shape[1]
-        with routed(batch), seeded(settings):
+        with routed(batch), seeded(settings), int8_prompts():
             output = backbone.generate(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -1,4 +1,4 @@
-"""Int8 weights for the decoding steps, float32 for everything else.
+"""Int8 weights for generation, float32 for scoring and training.
 
 A decoding step reads every backbone weight to write one token per row: 540 MB in float32
 for SmolLM2-135M, a quarter of that in int8, and on a CPU that reading is the step's cost.
@@ -7,18 +7,17 @@ wrappers included; experts, adapters and task heads stay as they are) into
 `Int8InferenceLinear`: the same module object, with the same float32 parameters and
 state-dict keys, which computes from an int8 copy of its weight (PyTorch's fbgemm / x86
 dynamic-quantization kernel, `quantized::linear_dynamic`: int8 weights per output channel,
-each row's activations quantized to 8 bits by a scale of its own, 7 on CPUs without VNNI)
-when it runs a decoding step (one new token per row) in eval mode without gradients, and in
-float32 otherwise.
+each token's activations quantized to 8 bits by a scale of its own, 7 on CPUs without VNNI)
+when it generates (decoding steps, one new token per row, and a generation's prompt pass,
+inside `int8_prompts`) in eval mode without gradients, and in float32 otherwise.
 
-Why decoding steps alone: the channels that carry very large activations leave the others a
-handful of int8 levels. With every pass in int8 and one activation scale per call (the
-kernel's own), SmolLM2's sst2 accuracy fell from 87 to 66 on 100 dev sentences; with one scale
-per token (below) label probabilities still moved by 0.04 on average (0.24 at most). Prompt
-passes and scoring (one pass) are compute-bound anyway, so they stay exactly float32; in
-decoding steps the int8 weights cost dialogsum ROUGE-L 27.8 against 28.3 on 30 dev dialogues
-(docs/serving.md, "The fast decode path", has the figures, and `bench/decode.py` times it
-beside llama.cpp).
+Why not scoring: the channels that carry very large activations leave the others a handful
+of int8 levels, and label probabilities move. With every pass in int8 and one activation
+scale per call (the kernel's own), SmolLM2's sst2 accuracy fell from 87 to 66 on 100 dev
+sentences; with one scale per token (below) the probabilities still moved by 0.04 on average
+(0.24 at most). Scoring is one compute-bound pass, so it stays exactly float32; generation
+reads only the next token from each pass. docs/serving.md ("The fast decode path") has the
+figures, and `bench/decode.py` times it beside llama.cpp and scores it.
 
 Training is unchanged (it computes in float32), and an evaluation in the middle of training
 reads the weights as they are then: the int8 copy is made again whenever a weight changes
@@ -27,7 +26,10 @@ reads the weights as they are then: the int8 copy is made again whenever a weigh
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -52,17 +54,32 @@ def _seven_bit_activations() -> bool:
 
 SEVEN_BIT_ACTIVATIONS = _seven_bit_activations()
 
+# Set while a generation reads its prompts (`int8_prompts`): their passes use int8 as well.
+_generating: ContextVar[bool] = ContextVar("alter_int8_prompts", default=False)
+
+
+@contextlib.contextmanager
+def int8_prompts() -> Iterator[None]:
+    """Inside, a generation's prompt passes use the int8 copies too (scoring passes, outside,
+    stay float32): nothing is read from their logits but the next token."""
+    token = _generating.set(True)
+    try:
+        yield
+    finally:
+        _generating.reset(token)
+
 
 class Int8InferenceLinear(nn.Linear):
     """nn.Linear that computes with int8 weights when nothing needs its gradient."""
 
     _packed: torch.Tensor | None = None  # fbgemm's packed int8 weight (no bias)
     _packed_version: int | None = None
+    _bounds: torch.Tensor | None = None  # (1, in): one row holding exactly 1 and -1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, in) -> (B, T, out); int8 for a decoding step (T = 1) at inference."""
-        decoding = x.dim() == 3 and x.shape[1] == 1
-        if not decoding or self.training or torch.is_grad_enabled() or x.dtype != torch.float32 \
+        """x (B, T, in) -> (B, T, out); int8 at inference when generating."""
+        generating = (x.dim() == 3 and x.shape[1] == 1) or _generating.get()
+        if not generating or self.training or torch.is_grad_enabled() or x.dtype != torch.float32 \
                 or x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
         return self._int8_linear(x)
@@ -74,16 +91,15 @@ class Int8InferenceLinear(nn.Linear):
         largest magnitude first, with one more row that holds exactly -1 and 1, so that the
         kernel's range is [-1, 1] whatever the batch: every row is quantized by its own scale,
         and its result is the same in any batch (integer products; one scale per element)."""
+        packed = self._int8_weight()
         rows = x.reshape(-1, x.shape[-1])  # (N, in)
-        magnitude = rows.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)  # (N, 1)
-        bounds = rows.new_zeros(1, rows.shape[1])
-        bounds[0, 0], bounds[0, -1] = 1.0, -1.0
-        unit = torch.cat([rows / magnitude, bounds])  # (N + 1, in), range exactly [-1, 1]
-        out = torch.ops.quantized.linear_dynamic(unit, self._int8_weight(), SEVEN_BIT_ACTIVATIONS)[:-1]  # (N, out)
-        out = out * magnitude
+        magnitude = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # (N, 1); vector_norm(inf) is slower
+        unit = torch.cat([rows / magnitude, self._bounds])  # (N + 1, in), range exactly [-1, 1]
+        out = torch.ops.quantized.linear_dynamic(unit, packed, SEVEN_BIT_ACTIVATIONS)  # (N + 1, out)
+        out = out[:-1].mul_(magnitude)
         if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+            out.add_(self.bias)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def _int8_weight(self) -> torch.Tensor:
         if self._packed is None or self._packed_version != self.weight._version:
@@ -98,6 +114,8 @@ class Int8InferenceLinear(nn.Linear):
                                                      axis=0, dtype=torch.qint8)
             self._packed = torch.ops.quantized.linear_prepack(qweight, None)
             self._packed_version = self.weight._version
+            self._bounds = weight.new_zeros(1, self.in_features)
+            self._bounds[0, 0], self._bounds[0, -1] = 1.0, -1.0
         return self._packed
 
 
@@ -118,4 +136,5 @@ def quantize_linears(root: nn.Module, frozen: set[int], how: Quantize) -> int:
         module.__class__ = new
         module.__dict__.pop("_packed", None)  # a later int8 copy starts afresh
         module.__dict__.pop("_packed_version", None)
+        module.__dict__.pop("_bounds", None)
     return len(chosen)
