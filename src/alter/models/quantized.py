@@ -70,9 +70,10 @@ def int8_prompts() -> Iterator[None]:
 
 
 class Int8InferenceLinear(nn.Linear):
-    """nn.Linear that computes with int8 weights when nothing needs its gradient."""
+    """nn.Linear that generates with int8 weights (eval mode, no gradients) and computes in
+    float32 otherwise."""
 
-    _packed: torch.Tensor | None = None  # fbgemm's packed int8 weight (no bias)
+    _packed: torch.ScriptObject | None = None  # fbgemm's packed int8 weight (no bias)
     _packed_version: int | None = None
     _bounds: torch.Tensor | None = None  # (1, in): one row holding exactly 1 and -1
 
@@ -101,7 +102,7 @@ class Int8InferenceLinear(nn.Linear):
             out.add_(self.bias)
         return out.view(*x.shape[:-1], self.out_features)
 
-    def _int8_weight(self) -> torch.Tensor:
+    def _int8_weight(self) -> torch.ScriptObject:
         if self._packed is None or self._packed_version != self.weight._version:
             weight = self.weight.detach().float()
             # Symmetric scales, one per output channel.
