@@ -12,12 +12,17 @@ from alter.models.mta_model import MTAModel
 from tests.conftest import model_config, randomise_experts
 
 
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+@pytest.fixture(scope="module", params=[("tiny-llama", "none"), ("tiny-llama", "int8"), ("tiny-gpt2", "none"),
+                                        ("tiny-gpt2", "int8")], ids=lambda param: "-".join(param))
 def model(registry, request):
+    """Float32, and int8 generation (`inference.quantize`): a row's tokens do not depend on
+    its batchmates under either."""
+    backbone, quantize = request.param
     torch.manual_seed(0)
-    model = MTAModel(model_config(request.param, kind="lora", rank=4, shared_expert=True),
+    model = MTAModel(model_config(backbone, kind="lora", rank=4, shared_expert=True),
                      [registry.get("dialogsum"), registry.get("sst2"), registry.get("rte")]).eval()
     randomise_experts(model)
+    model.set_inference(quantize)
     return model
 
 

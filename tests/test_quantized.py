@@ -131,3 +131,15 @@ def test_the_shared_lora_keeps_its_adapters_in_float32(registry):
     for module in model.modules():
         if isinstance(module, Int8InferenceLinear):
             assert id(module.weight) not in adapters
+
+
+def test_without_int8_kernels_it_generates_in_float32_with_one_warning(monkeypatch, caplog):
+    from alter.models import quantized
+
+    monkeypatch.setattr(quantized, "has_int8_kernels", lambda: False)
+    plain = _linear()
+    root = nn.Sequential(plain)
+    with caplog.at_level("WARNING", logger="alter.models.quantized"):
+        assert quantize_linears(root, {id(plain.weight)}, "int8") == 0
+    assert type(root[0]) is nn.Linear
+    assert len(caplog.records) == 1 and "float32" in caplog.records[0].getMessage()

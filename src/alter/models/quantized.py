@@ -27,6 +27,7 @@ reads the weights as they are then: the int8 copy is made again whenever a weigh
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -38,6 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 Quantize = Literal["int8", "none"]
+log = logging.getLogger(__name__)
+
+
+def has_int8_kernels() -> bool:
+    """Whether this PyTorch build has a quantized CPU engine whose dynamic int8 linear kernel
+    `Int8InferenceLinear` calls."""
+    return bool({"fbgemm", "x86", "qnnpack"} & set(torch.backends.quantized.supported_engines))
 
 
 def _seven_bit_activations() -> bool:
@@ -128,9 +136,10 @@ def quantize_linears(root: nn.Module, frozen: set[int], how: Quantize) -> int:
     Each layer changes class in place rather than being replaced: it stays the same object,
     so the hooks that MTA layers put on it (a bottleneck expert's on BERT's `output.dense`,
     on BART's `fc1` and `fc2`) and every reference to it keep working."""
-    if how == "int8" and not {"fbgemm", "x86", "qnnpack"} & set(torch.backends.quantized.supported_engines):
-        raise RuntimeError("inference.quantize=int8 needs PyTorch's quantized CPU kernels (fbgemm or qnnpack), "
-                           "which this PyTorch build lacks; use inference.quantize=none")
+    if how == "int8" and not has_int8_kernels():
+        log.warning("inference.quantize=int8: this PyTorch build has no quantized CPU kernels (fbgemm, x86 or "
+                    "qnnpack); generating in float32")
+        how = "none"
     old, new = (nn.Linear, Int8InferenceLinear) if how == "int8" else (Int8InferenceLinear, nn.Linear)
     chosen = [module for module in root.modules() if type(module) is old and id(module.weight) in frozen]
     for module in chosen:
