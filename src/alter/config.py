@@ -229,11 +229,12 @@ class EvalConfig(_Strict):
 
 
 class InferenceConfig(_Strict):
-    """How a model computes when it scores and writes (evaluation, `alter predict`, `alter
-    eval`, `alter serve`): `quantize: int8` lets the pretrained backbone's linear layers read
-    int8 copies of their weights (`alter.models.quantized`); the experts, adapters and heads
-    stay float32, training always computes in float32 and a checkpoint stays float32.
-    Measured in docs/serving.md ("The fast decode path")."""
+    """How a model computes when it writes (the evaluations of `alter train` and `alter
+    experiment`, `alter eval`, `predict`, `serve`): with `quantize: int8` generation (decoding
+    steps and a generation's prompt pass) reads int8 copies of the pretrained backbone's linear
+    weights (`alter.models.quantized`); experts, adapters, heads and scoring stay float32,
+    training always computes in float32 and a checkpoint stays float32. Measured in
+    docs/serving.md ("The fast decode path")."""
 
     quantize: Literal["int8", "none"] = "int8"
 

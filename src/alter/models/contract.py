@@ -91,10 +91,10 @@ class TrainableModel(Protocol):
         """Load the weights that `save` wrote in `directory` into this model."""
 
     def set_inference(self, quantize: Quantize) -> None:
-        """How the pretrained weights compute when the model scores and writes without
-        gradients: from int8 copies (`"int8"`) or in float32 (`"none"`). Training computes
-        in float32 either way; nothing of it is saved. A system without pretrained weights
-        (the Bi-LSTM) computes in float32 whatever it is told."""
+        """How the pretrained weights compute when the model generates without gradients: from
+        int8 copies (`"int8"`) or in float32 (`"none"`). Scoring and training compute in
+        float32 either way; nothing of it is saved. A system without pretrained weights (the
+        Bi-LSTM) computes in float32 whatever it is told."""
 
 
 @runtime_checkable

@@ -270,7 +270,7 @@ class MTAModel(nn.Module):
 
     def set_inference(self, quantize: Quantize) -> None:
         """The backbone's pretrained linear layers (inside LoRA experts' and PEFT's wrappers
-        too) compute in int8 at inference, or in float32 (`alter.models.quantized`)."""
+        too) generate from int8 copies of their weights, or in float32 (`alter.models.quantized`)."""
         pretrained = {id(param) for param in self.param_groups()["backbone"].values()}
         quantize_linears(self.backbone, pretrained, quantize)
 
