@@ -102,8 +102,7 @@ def quality(model, args) -> dict:
     sets = {task.name: task.read("dev", root)[: QUALITY_TASKS.get(task.name, 200)] for task in model.tasks}
     metrics = evaluate(model, sets, EvalConfig(batch_size=16, max_new_tokens=48))
     scores = {task.name: 100 * main_score(task, metrics[task.name]) for task in model.tasks}
-    sst2 = [task for task in model.tasks if task.name == "sst2"]
-    probabilities = [dict(p[1]) for p in model.predict(sets["sst2"][:100])] if sst2 else []
+    probabilities = [dict(p[1]) for p in model.predict(sets["sst2"][:100])] if "sst2" in sets else []
     return {"scores": scores, "examples": {name: len(examples) for name, examples in sets.items()},
             "sst2_probabilities": probabilities}
 

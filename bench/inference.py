@@ -20,10 +20,11 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from typing import get_args
 
 import torch
 
-from alter.config import ModelConfig
+from alter.config import ModelConfig, Quantize
 from alter.data.collate import Encoded
 from alter.data.registry import builtin_registry
 from alter.data.task import data_root
@@ -127,7 +128,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backbone", default="smollm2-135m")
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    parser.add_argument("--quantize", choices=["int8", "none"], default="none",
+    parser.add_argument("--quantize", choices=get_args(Quantize), default="none",
                         help="alter's inference.quantize (int8 decoding steps); PEFT's rows stay float32")
     args = parser.parse_args()
     torch.manual_seed(0)

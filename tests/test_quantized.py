@@ -143,3 +143,18 @@ def test_without_int8_kernels_it_generates_in_float32_with_one_warning(monkeypat
         assert quantize_linears(root, {id(plain.weight)}, "int8") == 0
     assert type(root[0]) is nn.Linear
     assert len(caplog.records) == 1 and "float32" in caplog.records[0].getMessage()
+
+
+def test_the_command_lines_choices_are_the_configs():
+    from typing import get_args
+
+    from alter import cli
+    from alter.config import InferenceConfig, Quantize
+
+    assert [choice.value for choice in cli.Quantize] == list(get_args(Quantize))
+    assert cli.Quantize.int8.value == InferenceConfig().quantize  # the commands' default is the config's
+
+
+def test_an_unknown_setting_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="'int4' is not one of int8, none"):
+        quantize_linears(nn.Sequential(_linear()), set(), "int4")

@@ -22,15 +22,17 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, OSError)
 
 
 class Quantize(str, Enum):
-    """How the pretrained weights compute when a command scores and writes (InferenceConfig)."""
+    """How generation reads the pretrained weights: `alter.config.Quantize`'s values, written out
+    here because importing the config loads torch, which `alter --help` should not wait for
+    (tests/test_quantized.py checks that the two agree)."""
 
     int8 = "int8"
     none = "none"
 
 
 QuantizeOption = Annotated[Quantize, typer.Option(
-    help="int8: decoding steps read int8 copies of the backbone's pretrained weights (faster "
-         "generation; scoring stays float32; docs/serving.md, 'The fast decode path'); none: float32")]
+    help="int8: generation reads int8 copies of the backbone's pretrained weights (faster; scoring "
+         "stays float32; docs/serving.md, 'The fast decode path'); none: float32")]
 
 
 def friendly_errors(command):

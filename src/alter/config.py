@@ -228,6 +228,9 @@ class EvalConfig(_Strict):
     calibrate: bool = False
 
 
+Quantize = Literal["int8", "none"]  # how generation reads the pretrained weights (InferenceConfig)
+
+
 class InferenceConfig(_Strict):
     """How a model computes when it writes (the evaluations of `alter train` and `alter
     experiment`, `alter eval`, `predict`, `serve`): with `quantize: int8` generation (decoding
@@ -236,7 +239,7 @@ class InferenceConfig(_Strict):
     training always computes in float32 and a checkpoint stays float32. Measured in
     docs/serving.md ("The fast decode path")."""
 
-    quantize: Literal["int8", "none"] = "int8"
+    quantize: Quantize = "int8"
 
 
 class DistributedConfig(_Strict):

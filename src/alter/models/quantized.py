@@ -32,13 +32,14 @@ import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Quantize = Literal["int8", "none"]
+from alter.config import Quantize
+
 log = logging.getLogger(__name__)
 
 
@@ -136,6 +137,8 @@ def quantize_linears(root: nn.Module, frozen: set[int], how: Quantize) -> int:
     Each layer changes class in place rather than being replaced: it stays the same object,
     so the hooks that MTA layers put on it (a bottleneck expert's on BERT's `output.dense`,
     on BART's `fc1` and `fc2`) and every reference to it keep working."""
+    if how not in get_args(Quantize):
+        raise ValueError(f"quantize: '{how}' is not one of {', '.join(get_args(Quantize))}")
     if how == "int8" and not has_int8_kernels():
         log.warning("inference.quantize=int8: this PyTorch build has no quantized CPU kernels (fbgemm, x86 or "
                     "qnnpack); generating in float32")
