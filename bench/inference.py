@@ -9,7 +9,9 @@ median counts):
 - single: the same 16 inputs as one task's batch (the cost of routing itself);
 - task by task: the requests grouped by task, four batches of 4;
 - PEFT: one LoRA adapter per task (r=8 on q_proj, v_proj) and PEFT's mixed-adapter batch
-  (`adapter_names`), the peer's way to serve several tasks in one batch.
+  (`adapter_names`), the peer's way to serve several tasks in one batch;
+- with `--quantize int8`, also the mixed batch of the same model in float32 (`mixed_fp32`), so
+  that the fast path's gain is measured in the same rounds.
 Each ratio is our mixed batch's throughput over the other's.
 """
 
@@ -29,6 +31,7 @@ from alter.data.collate import Encoded
 from alter.data.registry import builtin_registry
 from alter.data.task import data_root
 from alter.models.mta_model import MTAModel
+from alter.models.quantized import int8_prompts
 from alter.mta import MTAConfig
 from alter.mta.routing import routing
 
@@ -73,7 +76,8 @@ def generator(model: MTAModel, rows: list[Encoded], new_tokens: int = NEW_TOKENS
     batch = model.head.collate(rows, model.tokenizer, side="left")
 
     def run() -> None:
-        with torch.no_grad(), routing(batch["task_ids"], batch["pool_masks"]):
+        # int8_prompts: the prompt pass computes as alter's own generation does (LMHead.generate_ids).
+        with torch.no_grad(), routing(batch["task_ids"], batch["pool_masks"]), int8_prompts():
             model.backbone.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                     max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                     pad_token_id=model.tokenizer.pad_token_id, cache_implementation=cache)
@@ -135,6 +139,10 @@ def main() -> None:
     model = build_model(args.backbone)
     model.set_inference(args.quantize)
     rows = requests(model)
+    reference = None
+    if args.quantize != "none":  # the same weights (same seed), computing in float32
+        torch.manual_seed(0)
+        reference = build_model(args.backbone)
     groups = by_task(rows)
     peft_score, peft_generate = peft_runs(model, rows)
     scoring_groups = [scorer(model, group) for group in groups]
@@ -149,6 +157,9 @@ def main() -> None:
         "generation/task_by_task": lambda: [run() for run in generation_groups],
         "generation/peft_mixed": peft_generate,
     }
+    if reference is not None:
+        runs["scoring/mixed_fp32"] = scorer(reference, rows)
+        runs["generation/mixed_fp32"] = generator(reference, rows)
     for run in runs.values():
         run()  # warm-up: first-call allocations
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -172,7 +183,8 @@ def main() -> None:
             "mixed_vs_peft": min(ratio("scoring", "peft_mixed"), ratio("generation", "peft_mixed")),
         },
         "detail_ratios": {f"{w}/mixed_vs_{o}": ratio(w, o) for w in ("scoring", "generation")
-                          for o in ("single", "task_by_task", "peft_mixed")},
+                          for o in ("single", "task_by_task", "peft_mixed")
+                          + (("mixed_fp32",) if reference is not None else ())},
         "requests_per_s": {name: round(value, 2) for name, value in throughput.items()},
         "tokens_per_s": {name: round(value * tokens[name.split("/")[0]], 1) for name, value in throughput.items()},
         "requests": len(rows), "tasks": TASKS, "new_tokens": NEW_TOKENS, "rounds": args.rounds,

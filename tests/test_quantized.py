@@ -133,6 +133,31 @@ def test_the_shared_lora_keeps_its_adapters_in_float32(registry):
             assert id(module.weight) not in adapters
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_compiled_row_scaling_computes_exactly_what_the_python_does(bias):
+    from alter.models import quantized
+
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 48, bias=bias).eval()
+    quantize_linears(nn.Sequential(layer), {id(layer.weight)}, "int8")
+    rows = torch.randn(5, 64)
+    with torch.no_grad():
+        packed = layer._int8_weight()
+        arguments = (rows, packed, layer._bounds, layer.bias, quantized.SEVEN_BIT_ACTIVATIONS)
+        assert torch.equal(quantized._compiled_scaled_int8_linear(*arguments),
+                           quantized.scaled_int8_linear(*arguments))
+
+
+def test_without_torchscript_the_python_function_runs(monkeypatch):
+    from alter.models import quantized
+
+    def unavailable(function):
+        raise RuntimeError("TorchScript is not available")
+
+    monkeypatch.setattr(torch.jit, "script", unavailable)
+    assert quantized._scripted(quantized.scaled_int8_linear) is quantized.scaled_int8_linear
+
+
 def test_without_int8_kernels_it_generates_in_float32_with_one_warning(monkeypatch, caplog):
     from alter.models import quantized
 

@@ -78,6 +78,44 @@ def int8_prompts() -> Iterator[None]:
         _generating.reset(token)
 
 
+def scaled_int8_linear(rows: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase,
+                       bounds: torch.Tensor, bias: torch.Tensor | None, seven_bit: bool) -> torch.Tensor:
+    """rows (N, in) -> (N, out) through fbgemm's dynamic int8 kernel, each row quantized by a
+    scale of its own.
+
+    The kernel quantizes its input with one scale for all its rows, so that a row's result
+    would depend on the other rows of its batch (the server's two schedulers would write
+    different tokens for it). Each row is therefore scaled to [-1, 1] by its own largest
+    magnitude first, with one more row (`bounds`, (1, in)) that holds exactly -1 and 1, so that
+    the kernel's range is [-1, 1] whatever the batch: every row is quantized by its own scale,
+    and its result is the same in any batch (integer products; one scale per element)."""
+    magnitude = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # (N, 1); vector_norm(inf) is slower
+    unit = torch.cat([rows / magnitude, bounds])  # (N + 1, in), range exactly [-1, 1]
+    out = torch.ops.quantized.linear_dynamic(unit, packed, seven_bit)[:-1].mul_(magnitude)  # (N, out)
+    if bias is not None:
+        out.add_(bias)
+    return out
+
+
+def _scripted(function):
+    """`function` compiled by TorchScript, or as it is where TorchScript cannot (no source
+    files, or a PyTorch without it): the same operations and results either way. Run from
+    Python, the dozen small operations around the kernel cost three times the kernel itself
+    at one row (97 against 23 us a call here; 33 us scripted), and a decoding step makes 211
+    such calls. torch.compile cannot take the kernel's packed weight (docs/serving.md);
+    PyTorch 2.13 marks TorchScript deprecated, hence the fallback."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            return torch.jit.script(function)
+    except Exception as error:  # noqa: BLE001 - any failure to compile leaves the eager function
+        log.debug("int8 linear layers run eagerly: TorchScript could not compile them (%s)", error)
+        return function
+
+
+_compiled_scaled_int8_linear = _scripted(scaled_int8_linear)
+
+
 class Int8InferenceLinear(nn.Linear):
     """nn.Linear that generates with int8 weights (eval mode, no gradients) and computes in
     float32 otherwise."""
@@ -95,20 +133,9 @@ class Int8InferenceLinear(nn.Linear):
         return self._int8_linear(x)
 
     def _int8_linear(self, x: torch.Tensor) -> torch.Tensor:
-        """The kernel quantizes its input with one scale for all its rows, so that a row's
-        result would depend on the other rows of its batch (the server's two schedulers would
-        write different tokens for it). Each row is therefore scaled to [-1, 1] by its own
-        largest magnitude first, with one more row that holds exactly -1 and 1, so that the
-        kernel's range is [-1, 1] whatever the batch: every row is quantized by its own scale,
-        and its result is the same in any batch (integer products; one scale per element)."""
-        packed = self._int8_weight()
-        rows = x.reshape(-1, x.shape[-1])  # (N, in)
-        magnitude = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)  # (N, 1); vector_norm(inf) is slower
-        unit = torch.cat([rows / magnitude, self._bounds])  # (N + 1, in), range exactly [-1, 1]
-        out = torch.ops.quantized.linear_dynamic(unit, packed, SEVEN_BIT_ACTIVATIONS)  # (N + 1, out)
-        out = out[:-1].mul_(magnitude)
-        if self.bias is not None:
-            out.add_(self.bias)
+        packed = self._int8_weight()  # (re)made first: it sets the bounds row too
+        out = _compiled_scaled_int8_linear(x.reshape(-1, x.shape[-1]), packed, self._bounds, self.bias,
+                                           SEVEN_BIT_ACTIVATIONS)  # (N, out)
         return out.view(*x.shape[:-1], self.out_features)
 
     def _int8_weight(self) -> torch.ScriptObject:
