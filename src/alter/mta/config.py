@@ -37,11 +37,19 @@ class MTAConfig(BaseModel):
     # Stage 1 assignment of tasks to experts: one expert per task, tasks grouped by kind
     # (classification / entailment / generation, as ALTER's code groups them), or by hand.
     assignment: Literal["one_per_task", "by_kind"] | dict[str, int] = "one_per_task"
+    # Set by `alter add-task`: how many routed experts each group holds that is computed on
+    # its own (the experts the model was built with, then one per added task), so that the
+    # tasks that were there before compute exactly what they did. None: one group.
+    expert_groups: list[int] | None = None
 
     @model_validator(mode="after")
     def _check_top_k(self) -> MTAConfig:
         if self.top_k is not None and self.num_experts is not None and self.top_k > self.num_experts:
             raise ValueError(f"mta.top_k ({self.top_k}) exceeds mta.num_experts ({self.num_experts})")
+        if self.expert_groups is not None and (min(self.expert_groups, default=0) < 1 or (
+                self.num_experts is not None and sum(self.expert_groups) != self.num_experts)):
+            raise ValueError(f"mta.expert_groups {self.expert_groups}: positive sizes that add up to "
+                             f"mta.num_experts ({self.num_experts})")
         if self.targets is not None and (self.kind != "lora" or not self.targets):
             raise ValueError("mta.targets names the linear layers of LoRA experts: set mta.kind=lora "
                              "and at least one layer")

@@ -14,6 +14,7 @@ row costs the same whatever K is (`low_rank_mixture`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -28,13 +29,23 @@ class ExpertModule(nn.Module):
 
 
 def low_rank_mixture(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, gates: torch.Tensor,
-                     selected: torch.Tensor | None, act: nn.Module | None = None) -> torch.Tensor:
+                     selected: torch.Tensor | None, act: nn.Module | None = None,
+                     groups: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """sum_k gates[:, k] * act(x @ first_k) @ second_k.
 
     x (B, ..., in), first (K, in, r), second (K, r, out), gates (B, K) -> (B, ..., out).
     `selected` (B, m): the experts each row draws on (among them every expert its gate weighs
     non-zero), computed alone; None: every expert, for every row.
+    `groups`: groups of expert indices computed on their own and summed in order (experts
+    added to a trained model: `ExpertPlan.groups`), so that a row that weighs a later group
+    zero gets, to the bit, what the first group alone computed before the addition.
     """
+    if selected is None and len(groups) > 1:
+        out = None
+        for group in groups:  # (k_g,) each
+            part = low_rank_mixture(x, first[group], second[group], gates[:, group], None, act)
+            out = part if out is None else out + part
+        return out
     batch, in_features, out_features = x.shape[0], x.shape[-1], second.shape[-1]
     rank = first.shape[-1]
     flat = x.reshape(batch, -1, in_features).to(first.dtype)  # (B, L, in)
@@ -59,16 +70,32 @@ def low_rank_mixture(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
 class BottleneckExperts(ExpertModule):
     """E_k(x) = up_k(act(down_k(x))); up is zero so a fresh model equals its backbone."""
 
-    def __init__(self, num_experts: int, hidden_size: int, rank: int, dropout: float = 0.0):
+    def __init__(self, num_experts: int, hidden_size: int, rank: int, dropout: float = 0.0,
+                 groups: Sequence[Sequence[int]] = ()):
         super().__init__()
         self.down = nn.Parameter(torch.randn(num_experts, hidden_size, rank) / hidden_size**0.5)
         self.up = nn.Parameter(torch.zeros(num_experts, rank, hidden_size))
         self.act = nn.GELU()
         self.dropout = nn.Dropout(dropout)
+        self.groups = ExpertGroups(groups)
 
     def forward(self, x: torch.Tensor, gates: torch.Tensor, selected: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, d), gates (B, K), selected (B, m) or None -> sum_k gates[:, k] * E_k(x), (B, T, d)."""
-        return low_rank_mixture(self.dropout(x), self.down, self.up, gates, selected, self.act)
+        return low_rank_mixture(self.dropout(x), self.down, self.up, gates, selected, self.act, self.groups.indices())
+
+
+class ExpertGroups(nn.Module):
+    """The groups of expert indices that `low_rank_mixture` computes on their own, as index
+    tensors that follow the module's device (not saved: the config says them)."""
+
+    def __init__(self, groups: Sequence[Sequence[int]]):
+        super().__init__()
+        self.count = len(groups) if len(groups) > 1 else 0
+        for i, group in enumerate(groups if self.count else ()):
+            self.register_buffer(f"group{i}", torch.tensor(list(group), dtype=torch.long), persistent=False)
+
+    def indices(self) -> list[torch.Tensor]:
+        return [getattr(self, f"group{i}") for i in range(self.count)]
 
 
 class GateSlot:
@@ -93,8 +120,10 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
 class LoRAExpertLinear(ExpertModule):
     """base(x) + scale * sum_k g_k B_k A_k x, with B zero-initialised."""
 
-    def __init__(self, base: nn.Module, num_experts: int, rank: int, alpha: float, slot: GateSlot, dropout: float):
+    def __init__(self, base: nn.Module, num_experts: int, rank: int, alpha: float, slot: GateSlot, dropout: float,
+                 groups: Sequence[Sequence[int]] = ()):
         super().__init__()
+        self.groups = ExpertGroups(groups)
         in_features, out_features = linear_shape(base)
         self.base = base
         # PEFT's start (kaiming_uniform with a=sqrt(5) on its (r, in) weight: U(-1/sqrt(in),
@@ -117,7 +146,8 @@ class LoRAExpertLinear(ExpertModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Gate weights (B, K) and selected experts, set by the MTA layer before the FFN runs.
-        delta = low_rank_mixture(self.dropout(x), self.lora_A, self.lora_B, self.slot.gates, self.slot.selected)
+        delta = low_rank_mixture(self.dropout(x), self.lora_A, self.lora_B, self.slot.gates, self.slot.selected,
+                                 groups=self.groups.indices())
         return self.base(x) + self.scale * delta  # (B, ..., out)
 
 

@@ -102,6 +102,8 @@ def inject_mta(backbone: nn.Module, config: MTAConfig, plan: ExpertPlan) -> list
     family = ffn_map(backbone.config.model_type)
     hidden_size = backbone.config.hidden_size
     num_experts = plan.total
+    if config.kind == "ffn_copy" and len(plan.groups) > 1:
+        raise ValueError("mta.kind=ffn_copy computes its experts together: experts cannot be added to it")
     if config.kind == "ffn_copy" and (config.shared_expert or not family.single_module):
         raise ValueError(
             "mta.kind=ffn_copy needs an FFN that is one module and no shared expert "
@@ -116,7 +118,7 @@ def inject_mta(backbone: nn.Module, config: MTAConfig, plan: ExpertPlan) -> list
             block = blocks[block_index]
             layer = MTALayer(len(layers), stack, block_index, hidden_size, plan, config)
             block.add_module("mta", layer)
-            _attach(layer, block, family, hidden_size, num_experts, config)
+            _attach(layer, block, family, hidden_size, num_experts, config, plan.groups)
             layers.append(layer)
     if not layers:
         raise UnsupportedBackboneError(f"found no transformer blocks in {type(backbone).__name__}")
@@ -124,13 +126,13 @@ def inject_mta(backbone: nn.Module, config: MTAConfig, plan: ExpertPlan) -> list
 
 
 def _attach(layer: MTALayer, block: nn.Module, family: FFNMap, hidden_size: int,
-            num_experts: int, config: MTAConfig) -> None:
+            num_experts: int, config: MTAConfig, expert_groups: list[list[int]]) -> None:
     if config.kind == "ffn_copy":
         layer.experts = FFNCopyExperts(_resolve(block, family.ffn_in), num_experts)
         _replace(block, family.ffn_in, FFNCopies(layer))
         return
     if config.kind == "bottleneck":
-        layer.experts = BottleneckExperts(num_experts, hidden_size, config.rank, config.dropout)
+        layer.experts = BottleneckExperts(num_experts, hidden_size, config.rank, config.dropout, expert_groups)
         _resolve(block, family.ffn_out).register_forward_hook(layer.after_ffn)
     else:  # LoRA experts live inside linear layers (the FFN's by default) and read the layer's gate slot.
         ffn = _resolve(block, family.ffn_in)
@@ -145,7 +147,7 @@ def _attach(layer: MTALayer, block: nn.Module, family: FFNMap, hidden_size: int,
                 raise UnsupportedBackboneError(f"mta.targets: no layer '{path}' in a {type(block).__name__}; "
                                                f"its linear layers: {', '.join(linears)}") from None
             _replace(block, path, LoRAExpertLinear(base, num_experts, config.rank, config.lora_alpha,
-                                                   layer.slot, config.dropout))
+                                                   layer.slot, config.dropout, expert_groups))
         if config.targets:  # experts outside the FFN (e.g. in attention): gates before the block runs
             block.register_forward_pre_hook(layer.before_experts, with_kwargs=True)
             return

@@ -76,7 +76,10 @@ class MTALayer(nn.Module):
         most = self.gate.most_selected
         if most >= gates.shape[1]:
             return None
-        return gates.abs().topk(most, dim=1).indices  # (B, m)
+        # In expert order (not topk's order of weights, whose ties fall either way): a row sums
+        # its experts in the same order whatever K is, so that adding an expert to a model
+        # leaves the other tasks' arithmetic as it was (alter.models.task_surgery).
+        return gates.abs().topk(most, dim=1).indices.sort(dim=1).values  # (B, m)
 
     def before_experts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         x = _first_tensor(args, kwargs)

@@ -18,6 +18,21 @@ class ExpertPlan:
     assignment: torch.Tensor  # (tasks,) long: each task's routed expert in stage 1
     routed: int  # routed experts per layer (K)
     shared: bool = False  # one more expert, last, that every task uses
+    # Routed experts per group computed on its own (`MTAConfig.expert_groups`); () = one group.
+    group_sizes: tuple[int, ...] = ()
+
+    @property
+    def groups(self) -> list[list[int]]:
+        """The expert columns (of stacked weights and gate weights) of each group computed on
+        its own, in order; the shared expert belongs to the first group (the model's original
+        experts). One group of every column without `group_sizes`."""
+        if len(self.group_sizes) <= 1:
+            return [list(range(self.total))]
+        starts = [sum(self.group_sizes[:i]) for i in range(len(self.group_sizes))]
+        groups = [list(range(start, start + size)) for start, size in zip(starts, self.group_sizes)]
+        if self.shared:
+            groups[0].append(self.routed)
+        return groups
 
     @property
     def num_tasks(self) -> int:
@@ -58,4 +73,6 @@ def plan_experts(names: Sequence[str], groups: Sequence[str], config: MTAConfig)
         raise ValueError(
             f"model.mta.num_experts={count} is fewer than the experts that the assignment needs "
             f"({max(experts) + 1}); raise num_experts or set model.mta.assignment=by_kind")
-    return ExpertPlan(torch.tensor(experts), count, config.shared_expert)
+    if config.expert_groups is not None and sum(config.expert_groups) != count:
+        raise ValueError(f"model.mta.expert_groups {config.expert_groups} do not add up to the {count} experts")
+    return ExpertPlan(torch.tensor(experts), count, config.shared_expert, tuple(config.expert_groups or ()))

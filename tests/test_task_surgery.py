@@ -1,0 +1,86 @@
+"""A task added to a trained MTA model leaves every old task's answers exactly as they were."""
+
+import pytest
+import torch
+
+from alter.config import StageConfig
+from alter.models.mta_model import MTAModel
+from alter.models.task_surgery import TaskSurgeryError, with_task_added
+from alter.mta import ExpertModule, TaskGate
+from tests.conftest import FAMILIES, examples_for, model_config, randomise_experts, tasks_for
+
+
+def _scores(model, examples):
+    return model.predict(examples, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("backbone, head", FAMILIES)
+@pytest.mark.parametrize("kind", ["bottleneck", "lora"])
+@pytest.mark.parametrize("collaboration", [None, "residual", "softmax"])
+@pytest.mark.parametrize("shared_expert", [False, True])
+def test_old_tasks_answer_exactly_as_before(registry, samples, backbone, head, kind, collaboration, shared_expert):
+    tasks = tasks_for(registry, head)
+    old_tasks, new_task = tasks[:-1], tasks[-1]
+    model = MTAModel(model_config(backbone, head, kind=kind, rank=4, shared_expert=shared_expert), old_tasks).eval()
+    if collaboration:
+        model.begin_stage(StageConfig(kind="stage2", steps=1, collaboration=collaboration))
+    randomise_experts(model)
+    with torch.no_grad():  # gates that draw on every expert
+        for param in model.param_groups()["gates"].values():
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
+    examples = [e for e in examples_for(samples, head) if e.task != new_task.name]
+    before = _scores(model, examples)
+    grown = with_task_added(model, new_task)
+    assert [task.name for task in grown.tasks] == [task.name for task in tasks]
+    new_expert = int(grown.expert_plan.assignment[-1])
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # the new expert computes something, and its gate row draws on every expert
+        for module in grown.modules():
+            if isinstance(module, ExpertModule):
+                for param in module.expert_parameters():
+                    param[new_expert] = torch.randn(param.shape[1:], generator=generator) * 0.2
+            if isinstance(module, TaskGate) and module.task_logits is not None:
+                module.task_logits[-1] = torch.randn(module.task_logits.shape[1], generator=generator)
+    assert _scores(grown, examples) == before
+    new_examples = [e for e in examples_for(samples, head) if e.task == new_task.name]
+    assert len(_scores(grown, new_examples)) == len(new_examples)
+
+
+def test_the_grown_model_saves_and_loads_with_its_groups(registry, samples, tmp_path):
+    import alter
+
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", "lm", kind="lora", rank=4), tasks[:-1]).eval()
+    model.begin_stage(StageConfig(kind="stage2", steps=1))
+    randomise_experts(model)
+    grown = with_task_added(model, tasks[-1])
+    randomise_experts(grown, seed=3)
+    examples = examples_for(samples, "lm")
+    expected = grown.predict(examples, max_new_tokens=4)
+    grown.save(tmp_path / "grown")
+    loaded = alter.load(tmp_path / "grown", "none")
+    assert loaded.config.mta.expert_groups == [2, 1]
+    assert loaded.predict(examples, max_new_tokens=4) == expected
+
+
+def test_what_cannot_take_a_task_says_why(registry):
+    from alter.config import SharedLoraConfig
+
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", "lm", rank=4), tasks[:-1])
+    with pytest.raises(TaskSurgeryError, match="already has a task 'sst2'"):
+        with_task_added(model, tasks[0])
+    shared_lora = MTAModel(model_config("tiny-llama", "lm", enabled=False).model_copy(
+        update={"lora": SharedLoraConfig()}), tasks[:-1])
+    with pytest.raises(TaskSurgeryError, match="only a model with MTA experts"):
+        with_task_added(shared_lora, tasks[-1])
+    model.backbone_trained = True
+    with pytest.raises(TaskSurgeryError, match="backbone was trained"):
+        with_task_added(model, tasks[-1])
+
+
+def test_ffn_copy_experts_cannot_be_grown(registry):
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", "lm", kind="ffn_copy"), tasks[:-1])
+    with pytest.raises(TaskSurgeryError, match="ffn_copy"):
+        with_task_added(model, tasks[-1])
