@@ -67,6 +67,20 @@ def low_rank_mixture(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
     return out.reshape(*x.shape[:-1], out_features).to(x.dtype)
 
 
+class ExpertGroups(nn.Module):
+    """The groups of expert indices that `low_rank_mixture` computes on their own, as index
+    tensors that follow the module's device (not saved: the config says them)."""
+
+    def __init__(self, groups: Sequence[Sequence[int]]):
+        super().__init__()
+        self.count = len(groups) if len(groups) > 1 else 0
+        for i, group in enumerate(groups if self.count else ()):
+            self.register_buffer(f"group{i}", torch.tensor(list(group), dtype=torch.long), persistent=False)
+
+    def indices(self) -> list[torch.Tensor]:
+        return [getattr(self, f"group{i}") for i in range(self.count)]
+
+
 class BottleneckExperts(ExpertModule):
     """E_k(x) = up_k(act(down_k(x))); up is zero so a fresh model equals its backbone."""
 
@@ -82,20 +96,6 @@ class BottleneckExperts(ExpertModule):
     def forward(self, x: torch.Tensor, gates: torch.Tensor, selected: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, d), gates (B, K), selected (B, m) or None -> sum_k gates[:, k] * E_k(x), (B, T, d)."""
         return low_rank_mixture(self.dropout(x), self.down, self.up, gates, selected, self.act, self.groups.indices())
-
-
-class ExpertGroups(nn.Module):
-    """The groups of expert indices that `low_rank_mixture` computes on their own, as index
-    tensors that follow the module's device (not saved: the config says them)."""
-
-    def __init__(self, groups: Sequence[Sequence[int]]):
-        super().__init__()
-        self.count = len(groups) if len(groups) > 1 else 0
-        for i, group in enumerate(groups if self.count else ()):
-            self.register_buffer(f"group{i}", torch.tensor(list(group), dtype=torch.long), persistent=False)
-
-    def indices(self) -> list[torch.Tensor]:
-        return [getattr(self, f"group{i}") for i in range(self.count)]
 
 
 class GateSlot:
@@ -123,7 +123,6 @@ class LoRAExpertLinear(ExpertModule):
     def __init__(self, base: nn.Module, num_experts: int, rank: int, alpha: float, slot: GateSlot, dropout: float,
                  groups: Sequence[Sequence[int]] = ()):
         super().__init__()
-        self.groups = ExpertGroups(groups)
         in_features, out_features = linear_shape(base)
         self.base = base
         # PEFT's start (kaiming_uniform with a=sqrt(5) on its (r, in) weight: U(-1/sqrt(in),
@@ -135,6 +134,7 @@ class LoRAExpertLinear(ExpertModule):
         self.scale = alpha / rank
         self.slot = slot
         self.dropout = nn.Dropout(dropout)
+        self.groups = ExpertGroups(groups)
 
     def expert_parameters(self) -> list[nn.Parameter]:
         return [self.lora_A, self.lora_B]  # not the pretrained linear inside
