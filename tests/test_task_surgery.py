@@ -84,3 +84,53 @@ def test_ffn_copy_experts_cannot_be_grown(registry):
     model = MTAModel(model_config("tiny-llama", "lm", kind="ffn_copy"), tasks[:-1])
     with pytest.raises(TaskSurgeryError, match="ffn_copy"):
         with_task_added(model, tasks[-1])
+
+
+def _old_and_new(model, grown) -> tuple[dict, dict]:
+    """The grown model's trained weights, split into the old model's part and the rest."""
+    old = model.trained_state()
+    state = grown.trained_state()
+    return {name: value for name, value in state.items() if name in old}, state
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "lora"])
+@pytest.mark.parametrize("collaboration", [None, "residual", "softmax"])
+def test_training_the_added_task_leaves_the_old_ones_exactly_as_they_were(registry, samples, tmp_path, kind,
+                                                                          collaboration):
+    import alter
+
+    tasks = tasks_for(registry, "lm")  # sst2, stsb, then dialogsum added
+    model = MTAModel(model_config("tiny-llama", "lm", kind=kind, rank=4), tasks[:-1]).eval()
+    if collaboration:
+        model.begin_stage(StageConfig(kind="stage2", steps=1, collaboration=collaboration))
+    randomise_experts(model)
+    examples = [e for e in examples_for(samples, "lm") if e.task != tasks[-1].name]
+    before = _scores(model, examples)
+    grown = with_task_added(model, tasks[-1])
+    untrained = {name: value.clone() for name, value in grown.trained_state().items()}
+    stages = [alter.Stage("stage1", steps=3, batch_size=2, lr=1e-2, weight_decay=0.1)]
+    if collaboration:
+        stages.append(alter.Stage("stage2", steps=2, batch_size=2, lr=1e-1, collaboration=collaboration))
+    alter.train(grown, stages, tmp_path / "run", data={"tasks": [tasks[-1].name], "max_train": 8, "max_eval": 2},
+                eval={"batch_size": 4, "max_new_tokens": 4, "before_training": False})
+    trained = grown.trained_state()
+    assert _scores(grown.eval(), examples) == before
+    changed = [name for name in trained if not torch.equal(trained[name], untrained[name])]
+    assert changed, "the added task learned nothing"
+    new_expert = int(grown.expert_plan.assignment[-1])
+    for name in changed:  # only the added task's slices and rows moved
+        difference = (trained[name] != untrained[name]).reshape(trained[name].shape[0], -1).any(dim=1)
+        rows = difference.nonzero().flatten().tolist()
+        assert rows in ([new_expert], [len(tasks) - 1]), f"{name} changed in rows {rows}"
+    loaded = alter.load(tmp_path / "run" / "model", "none")
+    assert _scores(loaded, examples) == before
+
+
+def test_a_collaboration_for_the_added_task_needs_collaborating_gates(registry, tmp_path):
+    import alter
+
+    tasks = tasks_for(registry, "lm")
+    grown = with_task_added(MTAModel(model_config("tiny-llama", "lm", rank=4), tasks[:-1]), tasks[-1])
+    with pytest.raises(ValueError, match="trained in stage 1 only"):
+        alter.train(grown, [alter.Stage("stage2", steps=1, batch_size=2)], tmp_path / "run",
+                    data={"tasks": [tasks[-1].name], "max_train": 4, "max_eval": 2})

@@ -64,6 +64,7 @@ class BiLSTMModel(nn.Module):
         self.backbone_trained = True
         self.label_offsets: dict[str, list[float]] = {}  # none: its decisions are its argmax
         self.trained_in: Path | None = None
+        self.changing_tasks: tuple[str, ...] = ()  # every weight is every task's: nothing to hold apart
 
     capabilities = Capabilities()  # no gates, no label offsets, not served
 

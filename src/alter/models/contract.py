@@ -52,6 +52,9 @@ class TrainableModel(Protocol):
     backbone_trained: bool  # whether the backbone's own weights are part of what it saves
     label_offsets: dict[str, list[float]]  # per task and label (`capabilities.label_offsets`); empty: none
     trained_in: Path | None  # the run folder of its last training run (its report), once trained
+    # The only tasks whose own weights training may change (a task added to a trained model:
+    # alter.models.task_surgery); empty: every task. Everything else is held as it is.
+    changing_tasks: tuple[str, ...]
 
     @property
     def capabilities(self) -> Capabilities: ...

@@ -98,6 +98,7 @@ class MTAModel(nn.Module):
         # decision (alter.evaluate.calibration; fitted by `eval.calibrate`), saved in alter.json.
         self.label_offsets: dict[str, list[float]] = {}
         self.trained_in: Path | None = None  # the run folder of the last training run (its report and plots)
+        self.changing_tasks: tuple[str, ...] = ()  # set by task_surgery: training changes these tasks alone
 
     @classmethod
     def from_backbone(cls, backbone: str | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None, *,
@@ -246,7 +247,16 @@ class MTAModel(nn.Module):
     # --- gates --------------------------------------------------------------------------
     def begin_stage(self, stage: StageConfig) -> None:
         """Set the gates for a stage: stage 1 trains each task's own expert under the fixed
-        one-hot assignment; stage 2 and joint learn how tasks draw on every expert."""
+        one-hot assignment; stage 2 and joint learn how tasks draw on every expert. While only
+        `changing_tasks` train, the others' gates stay as they are (`TaskGate.begin_rows`)."""
+        if self.changing_tasks:
+            task_ids = [self.task_id(name) for name in self.changing_tasks]
+            try:
+                for layer in self.mta_layers:
+                    layer.gate.begin_rows(task_ids, stage.kind, stage.collaboration, stage.own_expert_weight)
+            except ValueError as error:
+                raise ValueError(f"stage {stage.label}: {error}") from None
+            return
         if stage.kind == "stage1":
             for layer in self.mta_layers:
                 layer.gate.fixed.fill_(True)

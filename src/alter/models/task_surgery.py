@@ -24,7 +24,9 @@ class TaskSurgeryError(ValueError):
 
 def with_task_added(model: MTAModel, task: Task) -> MTAModel:
     """A new model: `model`'s tasks, weights and gates, and `task` with a fresh expert, gate
-    row and head (untrained). `model` itself is left as it was."""
+    row and head (untrained), drawing on its own expert alone until a collaboration stage;
+    training it (`alter.train`) changes the new task's weights alone (`changing_tasks`).
+    `model` itself is left as it was."""
     _check_addable(model, task)
     plan = model.expert_plan
     routed = plan.routed
@@ -45,6 +47,9 @@ def with_task_added(model: MTAModel, task: Task) -> MTAModel:
             gate = layer.gate
             if gate.task_logits is not None and not bool(gate.residual):  # softmax: exp(-inf) is exactly 0
                 gate.task_logits[: len(model.tasks), routed] = float("-inf")
+                gate.task_logits[len(model.tasks)] = float("-inf")  # the new task: its own expert alone
+                gate.task_logits[len(model.tasks), routed] = 0.0
+    grown.changing_tasks = (task.name,)  # training changes its weights alone
     return grown.train(model.training)
 
 

@@ -163,3 +163,27 @@ class TaskGate(nn.Module):
         self.task_logits.fill_(math.log(other) * self.temperature)
         rows = torch.arange(self.task_logits.shape[0], device=self.task_logits.device)
         self.task_logits[rows, self.assignment] = math.log(own_weight) * self.temperature
+
+    @torch.no_grad()
+    def begin_rows(self, task_ids: list[int], kind: str, collaboration: str, own_weight: float) -> None:
+        """Begin a stage of `kind` (a StageConfig's) for the rows of `task_ids` alone (tasks
+        added to a trained model; the others' rows are left as they are). Stage 1 draws on
+        each task's own expert only: a fixed gate's one-hot, a residual gate's row at 0, a
+        softmax row of -inf but its own expert (as `task_surgery` makes it). A collaboration
+        starts its rows as `start_collaboration` starts every row; it needs gates that
+        collaborate already, of the same kind."""
+        if kind == "stage1":
+            return
+        if bool(self.fixed):
+            raise ValueError("the model's own tasks were trained in stage 1 only, so their "
+                             "gates are fixed; a collaboration for the added task alone would change how they are "
+                             "computed. Train the added task's stage 1 only")
+        if bool(self.residual) != (collaboration == "residual"):
+            raise ValueError(f"collaboration={collaboration}, but the model's gates are "
+                             f"{'residual' if bool(self.residual) else 'softmax'}; use the same")
+        if bool(self.residual) or self.task_logits is None or self.num_experts == 1:
+            return  # a residual row at 0 is its own expert: the collaboration's start
+        other = (1.0 - own_weight) / (self.num_experts - 1)
+        for task_id in task_ids:
+            self.task_logits[task_id] = math.log(other) * self.temperature
+            self.task_logits[task_id, self.assignment[task_id]] = math.log(own_weight) * self.temperature

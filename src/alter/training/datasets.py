@@ -123,8 +123,9 @@ def stage_data(model: TrainableModel, config: Config, sets: dict[str, list[Examp
     """Encoded examples and mixture rates of every task. `held_out`: the held-out examples,
     which auxiliary tasks lack (they get a rate of 0)."""
     rows: list[list[Encoded]] = [model.encode(sets.get(task.name, [])) for task in model.tasks]
+    training = set(model.changing_tasks) or {task.name for task in model.tasks}  # the others are held as they are
     for task, encoded in zip(model.tasks, rows):
-        if not encoded and not held_out:
+        if not encoded and not held_out and task.name in training:
             raise ValueError(f"task {task.name} has no training examples")
     return with_mixture(config, StageData(rows, [0.0] * len(rows), [task.name for task in model.tasks]))
 

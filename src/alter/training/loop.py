@@ -20,6 +20,7 @@ from alter.training.datasets import StageData
 from alter.training.distributed import finish_gradients, no_sync, wrap
 from alter.training.early_stopping import BEST_FOLDER, EarlyStopper
 from alter.training.expert_lr import ExpertStepScaler, routed_experts, routed_shares
+from alter.training.held_weights import HeldWeights
 from alter.training.rebalance import TaskPlan, rebalanced_rates
 from alter.training.run_log import RunLog
 from alter.training.stages import prepare_stage
@@ -125,6 +126,9 @@ class StageRun:
         self.model, self.stage, self.data, self.stage_dir, self.log = model, stage, data, stage_dir, log
         self.validation_scores, self.ranks, self.unlearned = validation_scores, ranks, unlearned
         self.trainable = prepare_stage(model, stage)
+        self.held = HeldWeights.of(model, self.trainable)  # a task added to a trained model trains alone
+        if self.held:
+            self.trainable = self.held.trainable
         self.params = list(self.trainable.values())
         self.optimizer = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=stage.weight_decay)
         self.stopper = (EarlyStopper(model, stage.early_stopping, self.trainable, stage_dir, floors)
@@ -226,6 +230,8 @@ class StageRun:
         self.optimizer.step()
         if step_scaler:
             step_scaler.after_step()
+        if self.held:
+            self.held.restore()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.spent += time.perf_counter() - started
