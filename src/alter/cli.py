@@ -117,6 +117,28 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
     console.print(f"report: {cfg.output_dir}/report.md, model: {cfg.output_dir}/model")
 
 
+@app.command("add-task")
+@friendly_errors
+def add_task(checkpoint: Annotated[Path, typer.Argument(help="a saved MTA model folder")],
+             config: Annotated[Path, typer.Argument(help="YAML config: data.tasks = the tasks to add, and stages")],
+             output: Annotated[Optional[Path], typer.Option(help="run folder (default: the config's output_dir)")]
+             = None,
+             set_: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value")] = None,
+             ) -> None:
+    """Train new tasks into a saved MTA model; every old task answers exactly as before.
+    Resumes when run again. The grown model is saved in OUTPUT/model (docs/tasks.md)."""
+    from alter.config import load_config
+    from alter.evaluate.report_data import Report
+    from alter.training.add_task import add_tasks
+
+    cfg = load_config(config, [*(set_ or []), *([f"output_dir={output}"] if output else [])])
+    report = Report.model_validate(add_tasks(checkpoint, cfg))
+    console.print(score_table(f"{cfg.output_dir} (added tasks)", report.metrics, report.before_training))
+    for label, stage in report.stages.items():
+        console.print(f"{label}: {stage.trainable_params:,} trainable parameters, {stage.wall_seconds:.1f} s")
+    console.print(f"model: {cfg.output_dir}/model (every task; the old ones unchanged)")
+
+
 @app.command()
 @friendly_errors
 def experiment(config: Annotated[Path, typer.Argument(help="experiment YAML file")],

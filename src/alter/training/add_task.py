@@ -1,0 +1,51 @@
+"""`alter add-task`: train new tasks into a saved MTA model, every old task left as it was.
+
+The config is a training config whose `data.tasks` are the tasks to add (with their data
+settings) and whose `stages` train them; its `model:` section may be left out (the
+checkpoint's is used), and whatever it does say must agree with the checkpoint. The run is
+an ordinary training run (resumable, report, model card) of the grown model, scored on the
+added tasks alone: the old tasks' answers are the same to the bit (`task_surgery`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alter.config import Config, ConfigError, ModelConfig
+from alter.models.loading import load
+from alter.models.task_surgery import TaskSurgeryError, with_task_added
+from alter.training.datasets import load_tasks
+from alter.training.run import run_training
+
+# What add-task may set differently from the checkpoint: the grown model's own bookkeeping.
+GROWN_FIELDS = {"num_experts", "assignment", "expert_groups"}
+
+
+def add_tasks(checkpoint: str | Path, config: Config) -> dict[str, Any]:
+    """Train `config.data.tasks` into the model saved in `checkpoint`; the grown model is
+    saved in `config.output_dir/model`. Returns the run's report (the added tasks' scores)."""
+    model = load(checkpoint, "none")  # run_training sets how it generates
+    check_same_model(model.config, config.model, checkpoint)
+    tasks = load_tasks(config)
+    try:
+        for task in tasks:
+            model = with_task_added(model, task)
+    except TaskSurgeryError as error:
+        raise ConfigError(f"{checkpoint}: {error}") from None
+    model.changing_tasks = tuple(task.name for task in tasks)
+    return run_training(config.model_copy(update={"model": model.config}), build=lambda _config, _tasks: model)
+
+
+def check_same_model(saved: ModelConfig, asked: ModelConfig, checkpoint: str | Path) -> None:
+    """The settings the config gives (those it names, not its defaults) must be the
+    checkpoint's: a new task cannot change the backbone or the MTA layers of the others."""
+    differences = [f"model.{name}: {getattr(asked, name)!r} here, {getattr(saved, name)!r} in the checkpoint"
+                   for name in asked.model_fields_set - {"mta"} if getattr(asked, name) != getattr(saved, name)]
+    if "mta" in asked.model_fields_set:
+        differences += [f"model.mta.{name}: {getattr(asked.mta, name)!r} here, {getattr(saved.mta, name)!r} in the "
+                        "checkpoint" for name in asked.mta.model_fields_set - GROWN_FIELDS
+                        if getattr(asked.mta, name) != getattr(saved.mta, name)]
+    if differences:
+        raise ConfigError(f"{checkpoint}: a task is added with the model's own settings; leave model: out of the "
+                          f"config or make it agree: {'; '.join(differences)}")

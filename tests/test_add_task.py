@@ -1,0 +1,64 @@
+"""`alter add-task`: a saved model takes a new task from a config; the old tasks answer as before."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import alter
+from alter.cli import app
+from alter.training.run import run_training
+from tests.conftest import tiny
+
+runner = CliRunner()
+
+ADDED = {"data": {"tasks": ["stsb"], "max_train": 16, "max_eval": 4},
+         "stages": [{"kind": "stage1", "steps": 3, "batch_size": 4, "lr": 3.0e-3},
+                    {"kind": "stage2", "steps": 2, "batch_size": 4, "lr": 1.0e-2}],
+         "eval": {"batch_size": 8, "max_new_tokens": 8}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """configs/tiny.yaml trained (sst2 and dialogsum, both stages: residual gates)."""
+    config = tiny(tmp_path_factory.mktemp("runs"), "base")
+    run_training(config)
+    return config.output_dir + "/model"
+
+
+def _write(path, settings: dict) -> str:
+    path.write_text(yaml.safe_dump(settings))
+    return str(path)
+
+
+def _answers(model_dir, tasks=("sst2", "dialogsum")):
+    from alter.data.task import data_root
+
+    model = alter.load(model_dir)
+    examples = [example for task in model.tasks if task.name in tasks for example in task.read("dev", data_root())[:3]]
+    return model.predict(examples, max_new_tokens=6)
+
+
+def test_a_task_added_from_the_command_line_leaves_the_others_as_they_were(trained, tmp_path):
+    result = runner.invoke(app, ["add-task", trained, _write(tmp_path / "add.yaml", ADDED),
+                                 "--output", str(tmp_path / "grown")])
+    assert result.exit_code == 0, result.output
+    grown = alter.load(tmp_path / "grown" / "model")
+    assert [task.name for task in grown.tasks] == ["sst2", "dialogsum", "stsb"]
+    assert _answers(tmp_path / "grown" / "model") == _answers(trained)
+    assert "stsb" in (tmp_path / "grown" / "model" / "README.md").read_text()  # the model card lists it
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": {"tasks": ["sst2"]}}, "already has a task 'sst2'"),
+    ({"model": {"mta": {"rank": 4}}}, "model.mta.rank: 4 here, 8 in the checkpoint"),
+    ({"model": {"backbone": "tiny-gpt2"}}, "model.backbone: 'tiny-gpt2' here, 'tiny-llama' in the checkpoint"),
+])
+def test_what_cannot_be_added_is_one_clear_line(trained, tmp_path, change, message):
+    settings = {**ADDED, **change}
+    result = runner.invoke(app, ["add-task", trained, _write(tmp_path / "add.yaml", settings),
+                                 "--output", str(tmp_path / "grown")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
