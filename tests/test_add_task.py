@@ -62,3 +62,37 @@ def test_what_cannot_be_added_is_one_clear_line(trained, tmp_path, change, messa
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def stage1_only(tmp_path_factory):
+    """configs/tiny.yaml's stage 1 alone: every task's gate is its own expert."""
+    config = tiny(tmp_path_factory.mktemp("runs"), "stage1")
+    run_training(config.model_copy(update={"stages": config.stages[:1]}))
+    return config.output_dir + "/model"
+
+
+def test_replace_retrains_one_task_and_leaves_the_other(stage1_only, tmp_path):
+    settings = {**ADDED, "data": {"tasks": ["sst2"], "max_train": 16, "max_eval": 4},
+                "stages": [ADDED["stages"][0]]}
+    result = runner.invoke(app, ["add-task", stage1_only, _write(tmp_path / "again.yaml", settings),
+                                 "--replace", "sst2", "--output", str(tmp_path / "replaced")])
+    assert result.exit_code == 0, result.output
+    replaced = tmp_path / "replaced" / "model"
+    assert [task.name for task in alter.load(replaced).tasks] == ["dialogsum", "sst2"]
+    assert _answers(replaced, ["dialogsum"]) == _answers(stage1_only, ["dialogsum"])
+
+
+def test_remove_task_saves_the_model_without_it(stage1_only, tmp_path):
+    result = runner.invoke(app, ["remove-task", stage1_only, "dialogsum", "--output", str(tmp_path / "less")])
+    assert result.exit_code == 0, result.output
+    assert [task.name for task in alter.load(tmp_path / "less").tasks] == ["sst2"]
+    assert _answers(tmp_path / "less", ["sst2"]) == _answers(stage1_only, ["sst2"])
+
+
+def test_a_task_whose_expert_the_others_draw_on_is_not_removed(trained, tmp_path):
+    """tiny.yaml's stage 2 teaches each gate to draw on the other task's expert."""
+    result = runner.invoke(app, ["remove-task", trained, "dialogsum", "--output", str(tmp_path / "less")])
+    assert result.exit_code == 2, result.output
+    assert "the gates of sst2 draw on the expert of 'dialogsum'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "less").exists()

@@ -5,7 +5,7 @@ import torch
 
 from alter.config import StageConfig
 from alter.models.mta_model import MTAModel
-from alter.models.task_surgery import TaskSurgeryError, with_task_added
+from alter.models.task_surgery import TaskSurgeryError, with_task_added, with_task_removed
 from alter.mta import ExpertModule, TaskGate
 from tests.conftest import FAMILIES, examples_for, model_config, randomise_experts, tasks_for
 
@@ -134,3 +134,69 @@ def test_a_collaboration_for_the_added_task_needs_collaborating_gates(registry, 
     with pytest.raises(ValueError, match="trained in stage 1 only"):
         alter.train(grown, [alter.Stage("stage2", steps=1, batch_size=2)], tmp_path / "run",
                     data={"tasks": [tasks[-1].name], "max_train": 4, "max_eval": 2})
+
+
+def _randomise_gates(model, seed: int = 1) -> None:
+    with torch.no_grad():
+        for param in model.param_groups()["gates"].values():
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("backbone, head", FAMILIES)
+@pytest.mark.parametrize("kind", ["bottleneck", "lora"])
+@pytest.mark.parametrize("collaboration", [None, "residual", "softmax"])
+def test_removing_an_added_task_leaves_the_others_as_they_were(registry, samples, backbone, head, kind,
+                                                               collaboration):
+    tasks = tasks_for(registry, head)
+    model = MTAModel(model_config(backbone, head, kind=kind, rank=4), tasks[:-1]).eval()
+    if collaboration:
+        model.begin_stage(StageConfig(kind="stage2", steps=1, collaboration=collaboration))
+    randomise_experts(model)
+    if collaboration:
+        _randomise_gates(model)
+    examples = [e for e in examples_for(samples, head) if e.task != tasks[-1].name]
+    before = _scores(model, examples)
+    grown = with_task_added(model, tasks[-1])
+    randomise_experts(grown, seed=7)  # every expert moves, then the old ones are put back
+    with torch.no_grad():
+        for (name, new), old in zip(grown.param_groups()["experts"].items(), model.param_groups()["experts"].values()):
+            new[: model.expert_plan.routed] = old[: model.expert_plan.routed]
+    reduced = with_task_removed(grown, tasks[-1].name)
+    assert [task.name for task in reduced.tasks] == [task.name for task in tasks[:-1]]
+    assert reduced.expert_plan.total == model.expert_plan.total and reduced.config.mta.expert_groups is None
+    assert _scores(reduced, examples) == before
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "lora"])
+def test_a_stage1_model_loses_the_removed_tasks_expert_and_nothing_else(registry, samples, kind):
+    tasks = tasks_for(registry, "lm")  # sst2, stsb, dialogsum
+    model = MTAModel(model_config("tiny-llama", "lm", kind=kind, rank=4), tasks).eval()
+    randomise_experts(model)
+    kept = [e for e in examples_for(samples, "lm") if e.task != "stsb"]
+    before = _scores(model, kept)
+    reduced = with_task_removed(model, "stsb")
+    assert [task.name for task in reduced.tasks] == ["sst2", "dialogsum"] and reduced.expert_plan.routed == 2
+    assert _scores(reduced, kept) == before
+
+
+def test_an_expert_that_the_others_draw_on_is_not_removed(registry, samples):
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", "lm", rank=4), tasks).eval()
+    model.begin_stage(StageConfig(kind="stage2", steps=1))
+    randomise_experts(model)
+    kept = [e for e in examples_for(samples, "lm") if e.task != "stsb"]
+    before = _scores(model, kept)
+    reduced = with_task_removed(model, "stsb")  # residual gates at their start: nobody draws on it
+    assert reduced.expert_plan.routed == 3 and _scores(reduced, kept) == before  # kept in place, zeroed
+    _randomise_gates(model)
+    with pytest.raises(TaskSurgeryError, match="the gates of dialogsum, sst2 draw on the expert of 'stsb'"):
+        with_task_removed(model, "stsb")
+
+
+def test_what_cannot_be_removed_says_why(registry):
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", "lm", rank=4), tasks[:1])
+    with pytest.raises(TaskSurgeryError, match="no task 'nope'"):
+        with_task_removed(model, "nope")
+    with pytest.raises(TaskSurgeryError, match="only task"):
+        with_task_removed(model, "sst2")

@@ -40,13 +40,16 @@ _EXPORTS = {
     "resolve_backbone": "alter.backbones",
     "load": "alter.models.loading",  # any saved system: an MTAModel or a Bi-LSTM
     "TrainableModel": "alter.models.contract",
+    "with_task_added": "alter.models.task_surgery",  # a new task beside trained ones, which stay as they are
+    "with_task_removed": "alter.models.task_surgery",
+    "TaskSurgeryError": "alter.models.task_surgery",
 }
 _ALIASES = {"Stage": "StageConfig"}
 
 __all__ = [  # the names of _EXPORTS, spelt out for linters and `from alter import *`
     "DataConfig", "EvalConfig", "GenerationSettings", "MTAConfig", "MTAModel", "ModelConfig", "Report",
-    "SharedLoraConfig", "Stage", "StageConfig", "Task", "TaskSpec", "TrainResult", "TrainableModel", "__version__",
-    "load", "resolve_backbone", "train",
+    "SharedLoraConfig", "Stage", "StageConfig", "Task", "TaskSpec", "TaskSurgeryError", "TrainResult", "TrainableModel",
+    "__version__", "load", "resolve_backbone", "train", "with_task_added", "with_task_removed",
 ]
 
 
@@ -74,4 +77,5 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from alter.models.contract import TrainableModel
     from alter.models.loading import load
     from alter.models.mta_model import MTAModel
+    from alter.models.task_surgery import TaskSurgeryError, with_task_added, with_task_removed
     from alter.mta.config import MTAConfig

@@ -123,6 +123,8 @@ def add_task(checkpoint: Annotated[Path, typer.Argument(help="a saved MTA model 
              config: Annotated[Path, typer.Argument(help="YAML config: data.tasks = the tasks to add, and stages")],
              output: Annotated[Optional[Path], typer.Option(help="run folder (default: the config's output_dir)")]
              = None,
+             replace: Annotated[Optional[list[str]], typer.Option(help="retrain this task of the model from the "
+                                                                   "config's data (repeatable)")] = None,
              set_: Annotated[Optional[list[str]], typer.Option("--set", help="override: key.path=value")] = None,
              ) -> None:
     """Train new tasks into a saved MTA model; every old task answers exactly as before.
@@ -132,11 +134,23 @@ def add_task(checkpoint: Annotated[Path, typer.Argument(help="a saved MTA model 
     from alter.training.add_task import add_tasks
 
     cfg = load_config(config, [*(set_ or []), *([f"output_dir={output}"] if output else [])])
-    report = Report.model_validate(add_tasks(checkpoint, cfg))
+    report = Report.model_validate(add_tasks(checkpoint, cfg, replace or []))
     console.print(score_table(f"{cfg.output_dir} (added tasks)", report.metrics, report.before_training))
     for label, stage in report.stages.items():
         console.print(f"{label}: {stage.trainable_params:,} trainable parameters, {stage.wall_seconds:.1f} s")
     console.print(f"model: {cfg.output_dir}/model (every task; the old ones unchanged)")
+
+
+@app.command("remove-task")
+@friendly_errors
+def remove_task(checkpoint: Annotated[Path, typer.Argument(help="a saved MTA model folder")],
+                name: Annotated[str, typer.Argument(help="the task to remove")],
+                output: Annotated[Path, typer.Option(help="where to save the model without it")]) -> None:
+    """Save a model without one of its tasks; every other task answers exactly as before
+    (refused when another task's gates draw on its expert)."""
+    from alter.training.add_task import remove_task as remove
+
+    console.print(f"model without {name}: {remove(checkpoint, name, output)}")
 
 
 @app.command()

@@ -9,12 +9,13 @@ added tasks alone: the old tasks' answers are the same to the bit (`task_surgery
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from alter.config import Config, ConfigError, ModelConfig
 from alter.models.loading import load
-from alter.models.task_surgery import TaskSurgeryError, with_task_added
+from alter.models.task_surgery import TaskSurgeryError, with_task_added, with_task_removed
 from alter.training.datasets import load_tasks
 from alter.training.run import run_training
 
@@ -22,13 +23,21 @@ from alter.training.run import run_training
 GROWN_FIELDS = {"num_experts", "assignment", "expert_groups"}
 
 
-def add_tasks(checkpoint: str | Path, config: Config) -> dict[str, Any]:
-    """Train `config.data.tasks` into the model saved in `checkpoint`; the grown model is
-    saved in `config.output_dir/model`. Returns the run's report (the added tasks' scores)."""
+def add_tasks(checkpoint: str | Path, config: Config, replace: Sequence[str] = ()) -> dict[str, Any]:
+    """Train `config.data.tasks` into the model saved in `checkpoint`, after removing the
+    tasks named in `replace` (each retrained from scratch under its name: it must be among
+    the config's tasks); the grown model is saved in `config.output_dir/model`. Returns the
+    run's report (the added tasks' scores)."""
     model = load(checkpoint, "none")  # run_training sets how it generates
     check_same_model(model.config, config.model, checkpoint)
     tasks = load_tasks(config)
+    missing = [name for name in replace if name not in {task.name for task in tasks}]
+    if missing:
+        raise ConfigError(f"--replace {', '.join(missing)}: a replaced task is trained again from the config's "
+                          "data.tasks, which does not name it")
     try:
+        for name in replace:
+            model = with_task_removed(model, name)
         for task in tasks:
             model = with_task_added(model, task)
     except TaskSurgeryError as error:
@@ -49,3 +58,13 @@ def check_same_model(saved: ModelConfig, asked: ModelConfig, checkpoint: str | P
     if differences:
         raise ConfigError(f"{checkpoint}: a task is added with the model's own settings; leave model: out of the "
                           f"config or make it agree: {'; '.join(differences)}")
+
+
+def remove_task(checkpoint: str | Path, name: str, output: str | Path) -> Path:
+    """Save the model of `checkpoint` without task `name` in `output` (`with_task_removed`)."""
+    try:
+        reduced = with_task_removed(load(checkpoint, "none"), name)
+    except TaskSurgeryError as error:
+        raise ConfigError(f"{checkpoint}: {error}") from None
+    reduced.save(output)
+    return Path(output)
