@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -48,6 +51,10 @@ def test_a_task_added_from_the_command_line_leaves_the_others_as_they_were(train
     assert [task.name for task in grown.tasks] == ["sst2", "dialogsum", "stsb"]
     assert _answers(tmp_path / "grown" / "model") == _answers(trained)
     assert "stsb" in (tmp_path / "grown" / "model" / "README.md").read_text()  # the model card lists it
+    # Stage 1 trained one expert (the new one) where the base run trained two.
+    stage1 = json.loads((tmp_path / "grown" / "report.json").read_text())["stages"]["stage1"]["trainable_params"]
+    base = json.loads((Path(trained).parent / "report.json").read_text())["stages"]["stage1"]["trainable_params"]
+    assert 2 * stage1 == base
 
 
 @pytest.mark.parametrize("change, message", [

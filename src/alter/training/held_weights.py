@@ -37,6 +37,11 @@ class HeldWeights:
                 held = torch.tensor([i for i in range(param.shape[0]) if i not in owned], device=param.device)
                 self._held.append((param, held, param.detach()[held].clone()))
 
+    def trained_numel(self) -> int:
+        """How many numbers training changes: the trainable tensors less their held rows."""
+        held = sum(values.numel() for _, _, values in self._held)
+        return sum(param.numel() for param in self.trainable.values()) - held
+
     @classmethod
     def of(cls, model: TrainableModel, trainable: dict[str, nn.Parameter]) -> HeldWeights | None:
         """None when every task trains."""

@@ -195,7 +195,8 @@ class StageRun:
                                 "best_macro": self.best, **({"best_scores": stopper.best} if stopper.best else {})})
             stopper.restore()
         self.model.eval()
-        return StageResult(stage.label, self.step, sum(p.numel() for p in self.params), self.spent,
+        trained = self.held.trained_numel() if self.held else sum(p.numel() for p in self.params)
+        return StageResult(stage.label, self.step, trained, self.spent,
                            self.tokens / max(self.spent, 1e-9), loss)
 
     def train_step(self) -> float:
