@@ -32,3 +32,20 @@ def test_a_checkpoint_of_the_previous_layout_loads_and_answers_as_before(registr
         assert value == pytest.approx(expected_value, abs=1e-6) if isinstance(value, float) else \
             value == expected_value
         assert probabilities == pytest.approx(expected_probabilities, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_checkpoint_of_the_previous_layout_takes_a_new_task_and_answers_as_before(registry, name):
+    from alter.data.task import data_root
+
+    expected = EXPECTED[name]
+    examples = [e for task in expected["tasks"] for e in registry.get(task).read("dev", data_root())[:3]]
+    model = alter.load(FIXTURES / name, "none").eval()
+    new = next(task for task in ("rte", "mrpc") if task not in expected["tasks"])
+    if not model.mta_layers:  # the shared LoRA and the Bi-LSTM have no task modules to add
+        with pytest.raises(alter.TaskSurgeryError, match="only a model with MTA experts"):
+            alter.with_task_added(model, registry.get(new))
+        return
+    before = model.predict(examples, max_new_tokens=6)
+    grown = alter.with_task_added(model, registry.get(new))
+    assert grown.predict(examples, max_new_tokens=6) == before
