@@ -1,0 +1,153 @@
+"""What adding a task to a trained MTA model costs and scores, against training everything
+again and against a shared LoRA, on the quickstart's model and tasks plus one new task.
+
+    .venv/bin/python bench/add_task.py [--base configs/quickstart.yaml] [--add configs/add-mrpc.yaml] \
+        [--seeds 0 1 2] [--runs runs/add-task] [--json docs/results/add-task.json]
+
+Per seed, each a resumable training run under `--runs` (run the script again to continue):
+- `base`: the MTA model of `--base` (the old tasks);
+- `mta_add`: `--add`'s tasks trained into it (`alter add-task`); the old tasks scored on the
+  same evaluation examples before and after;
+- `mta_all`: the same MTA model trained on the old and new tasks from the start, on the same
+  examples (`all_from_the_start`);
+- `shared_lora_base` / `shared_lora_retrain`: one shared PEFT LoRA (r 8 on q and v, no MTA,
+  `--base`'s steps in one joint stage) on the old tasks, and on all of them from scratch;
+- `shared_lora_new_only`: `shared_lora_base`'s adapter trained further on the new tasks alone
+  (`--add`'s stage-1 schedule), the old tasks scored before and after (what it forgets).
+
+Seconds are the runs' training wall time (their evaluations left out); scores the main metric
+of each task on its evaluation examples (0-100). The JSON holds every seed's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import alter
+from alter.config import Config, SharedLoraConfig, StageConfig, load_config
+from alter.evaluate.evaluator import evaluate, main_score
+from alter.models.mta_model import MTAModel
+from alter.training.add_task import add_tasks
+from alter.training.datasets import load_split, load_tasks
+from alter.training.run import run_training
+
+SHARED_LORA = SharedLoraConfig(r=8, alpha=16, targets=["q_proj", "v_proj"])
+
+
+def training_seconds(report: dict[str, Any]) -> float:
+    return round(sum(stage["wall_seconds"] for stage in report["stages"].values()), 1)
+
+
+def scores(model, config: Config, names: list[str]) -> dict[str, float]:
+    """The main score of each of `names` on `config`'s evaluation examples of it."""
+    tasks = [task for task in load_tasks(config) if task.name in names]
+    sets = load_split(config, tasks, config.data.eval_split, training=False)
+    metrics = evaluate(model, sets, config.eval)
+    return {task.name: round(100 * main_score(task, metrics[task.name]), 2) for task in tasks}
+
+
+def joint(config: Config, steps: int) -> list[StageConfig]:
+    """One joint stage of `steps` with the first stage's batch and rate: the shared LoRA's."""
+    first = config.stages[0]
+    return [StageConfig(kind="joint", steps=steps, batch_size=first.batch_size, lr=first.lr,
+                        save_every=first.save_every)]
+
+
+def all_from_the_start(base: Config, add: Config) -> Config:
+    """--base with --add's tasks appended and its stage 1 made as long as both runs' stage 1s
+    together, each task drawn as often as in the two runs (the old tasks at their rates over
+    --base's steps, the new ones over --add's): the same examples, trained at once."""
+    old_steps, new_steps = base.stages[0].steps, add.stages[0].steps
+    total = old_steps + new_steps
+    mixture = base.data.mixture
+    if mixture.sampling == "manual":
+        new = [ref.name for ref in add.data.refs()]
+        rates = {name: rate * old_steps / total for name, rate in mixture.rates.items()}
+        rates.update({name: new_steps / total / len(new) for name in new})
+        mixture = mixture.model_copy(update={"rates": rates})
+    data = base.data.model_copy(update={"tasks": [*base.data.tasks, *add.data.tasks], "mixture": mixture})
+    stages = [base.stages[0].model_copy(update={"steps": total}), *base.stages[1:]]
+    return base.model_copy(update={"data": data, "stages": stages})
+
+
+def run_seed(base: Config, add: Config, seed: int, runs: Path) -> dict[str, Any]:
+    out = runs / f"seed{seed}"
+    base = base.model_copy(update={"seed": seed})
+    add = add.model_copy(update={"seed": seed})
+    old = [ref.name for ref in base.data.refs()]
+    new = [ref.name for ref in add.data.refs()]
+    every = all_from_the_start(base, add)
+    steps = sum(stage.steps for stage in base.stages)
+    lora_model = base.model.model_copy(update={"mta": base.model.mta.model_copy(update={"enabled": False}),
+                                               "lora": SHARED_LORA})
+    result: dict[str, Any] = {}
+
+    base_report = run_training(base.model_copy(update={"output_dir": str(out / "base")}))
+    base_model = alter.load(out / "base" / "model")
+    report = add_tasks(out / "base" / "model", add.model_copy(update={"output_dir": str(out / "mta_add")}))
+    grown = alter.load(out / "mta_add" / "model")
+    before, after = scores(base_model, base, old), scores(grown, base, old)
+    result["mta_add"] = {"seconds": training_seconds(report), "base_seconds": training_seconds(base_report),
+                         "new_task": {name: round(100 * main_score(task, report["metrics"][name]), 2)
+                                      for task in grown.tasks if (name := task.name) in new},
+                         "old_tasks": {name: {"before": before[name], "after": after[name]} for name in old},
+                         "old_tasks_identical": before == after}
+
+    report = run_training(every.model_copy(update={"output_dir": str(out / "mta_all")}))
+    result["mta_all"] = {"seconds": training_seconds(report),
+                         "scores": scores(alter.load(out / "mta_all" / "model"), every, old + new)}
+
+    lora_base = base.model_copy(update={"model": lora_model, "stages": joint(base, steps),
+                                        "output_dir": str(out / "shared_lora_base")})
+    report = run_training(lora_base)
+    result["shared_lora_base"] = {"seconds": training_seconds(report)}
+    retrain = joint(every, steps + add.stages[0].steps)  # the same examples as base + add, at once
+    report = run_training(every.model_copy(update={"model": lora_model, "stages": retrain,
+                                                   "output_dir": str(out / "shared_lora_retrain")}))
+    result["shared_lora_retrain"] = {"seconds": training_seconds(report),
+                                     "scores": scores(alter.load(out / "shared_lora_retrain" / "model"), every,
+                                                      old + new)}
+
+    # The shared adapter trained further on the new tasks alone: a model of those tasks that
+    # starts from shared_lora_base's adapter (an LM head has no weights of a task's own).
+    tuned = MTAModel(lora_model, load_tasks(add))
+    tuned.load_trained(out / "shared_lora_base" / "model")
+    report = run_training(add.model_copy(update={"model": lora_model, "stages": joint(add, add.stages[0].steps),
+                                                 "output_dir": str(out / "shared_lora_new_only")}),
+                          build=lambda _config, _tasks: tuned)
+    forgetting = MTAModel(lora_model, load_tasks(base))
+    forgetting.load_trained(out / "shared_lora_new_only" / "model")
+    before = scores(alter.load(out / "shared_lora_base" / "model"), base, old)
+    after = scores(forgetting.eval(), base, old)
+    result["shared_lora_new_only"] = {
+        "seconds": training_seconds(report),
+        "new_task": {name: round(100 * main_score(task, report["metrics"][name]), 2)
+                     for task in tuned.tasks if (name := task.name) in new},
+        "old_tasks": {name: {"before": before[name], "after": after[name]} for name in old}}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="configs/quickstart.yaml")
+    parser.add_argument("--add", default="configs/add-mrpc.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs", type=Path, default=Path("runs/add-task"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override of both configs, key=value (e.g. model.backbone=tiny-llama for a smoke run)")
+    parser.add_argument("--json", type=Path, help="write the figures here (after every seed)")
+    args = parser.parse_args()
+    base, add = load_config(args.base, args.overrides), load_config(args.add, args.overrides)
+    found: dict[str, Any] = {"base": args.base, "add": args.add, "seeds": {}}
+    for seed in args.seeds:
+        found["seeds"][str(seed)] = run_seed(base, add, seed, args.runs)
+        print(json.dumps({seed: found["seeds"][str(seed)]}, indent=1), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(found, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
