@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import alter
+from alter.models.quantized import quantize_setting
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints-v1"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -34,13 +35,14 @@ def test_a_checkpoint_of_the_previous_layout_loads_and_answers_as_before(registr
         assert probabilities == pytest.approx(expected_probabilities, abs=1e-6)
 
 
+@pytest.mark.parametrize("quantize", ["none", "int8"])
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_a_checkpoint_of_the_previous_layout_takes_a_new_task_and_answers_as_before(registry, name):
+def test_a_checkpoint_of_the_previous_layout_takes_a_new_task_and_answers_as_before(registry, name, quantize):
     from alter.data.task import data_root
 
     expected = EXPECTED[name]
     examples = [e for task in expected["tasks"] for e in registry.get(task).read("dev", data_root())[:3]]
-    model = alter.load(FIXTURES / name, "none").eval()
+    model = alter.load(FIXTURES / name, quantize).eval()  # the grown model generates as this one does
     new = next(task for task in ("rte", "mrpc") if task not in expected["tasks"])
     if not model.mta_layers:  # the shared LoRA and the Bi-LSTM have no task modules to add
         with pytest.raises(alter.TaskSurgeryError, match="only a model with MTA experts"):
@@ -48,4 +50,5 @@ def test_a_checkpoint_of_the_previous_layout_takes_a_new_task_and_answers_as_bef
         return
     before = model.predict(examples, max_new_tokens=6)
     grown = alter.with_task_added(model, registry.get(new))
+    assert quantize_setting(grown.backbone) == quantize
     assert grown.predict(examples, max_new_tokens=6) == before

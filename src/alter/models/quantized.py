@@ -156,6 +156,11 @@ class Int8InferenceLinear(nn.Linear):
         return self._packed
 
 
+def quantize_setting(root: nn.Module) -> Quantize:
+    """How the linear layers under `root` generate now: "int8" if any does so in int8."""
+    return "int8" if any(isinstance(module, Int8InferenceLinear) for module in root.modules()) else "none"
+
+
 def quantize_linears(root: nn.Module, frozen: set[int], how: Quantize) -> int:
     """Let every nn.Linear under `root` whose weight is one of `frozen` (parameter ids: the
     pretrained weights, not experts, adapters or heads) compute in int8 at inference

@@ -24,6 +24,7 @@ import torch
 
 from alter.data.task import Task
 from alter.models.mta_model import MTAModel
+from alter.models.quantized import quantize_setting
 from alter.mta import ExpertModule
 
 
@@ -158,6 +159,7 @@ def _rebuilt(model: MTAModel, tasks: Sequence[Task], assignment: dict[str, int],
     mta = model.config.mta.model_copy(update={"num_experts": routed, "assignment": assignment,
                                               "expert_groups": groups})
     rebuilt = MTAModel(model.config.model_copy(update={"mta": mta}), tasks)
+    rebuilt.set_inference(quantize_setting(model.backbone))  # generating as the given model does
     rebuilt.label_offsets = {name: offsets for name, offsets in model.label_offsets.items()
                              if name in rebuilt.task_index}
     old_state, new_state = model.state_dict(), rebuilt.state_dict()
