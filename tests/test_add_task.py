@@ -61,6 +61,7 @@ def test_a_task_added_from_the_command_line_leaves_the_others_as_they_were(train
     ({"data": {"tasks": ["sst2"]}}, "already has a task 'sst2'"),
     ({"model": {"mta": {"rank": 4}}}, "model.mta.rank: 4 here, 8 in the checkpoint"),
     ({"model": {"backbone": "tiny-gpt2"}}, "model.backbone: 'tiny-gpt2' here, 'tiny-llama' in the checkpoint"),
+    ({"stages": [{"kind": "stage1", "steps": 2, "train_backbone": True}]}, "train_backbone would change every task"),
 ])
 def test_what_cannot_be_added_is_one_clear_line(trained, tmp_path, change, message):
     settings = {**ADDED, **change}

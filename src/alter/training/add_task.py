@@ -28,6 +28,10 @@ def add_tasks(checkpoint: str | Path, config: Config, replace: Sequence[str] = (
     tasks named in `replace` (each retrained from scratch under its name: it must be among
     the config's tasks); the grown model is saved in `config.output_dir/model`. Returns the
     run's report (the added tasks' scores)."""
+    trains_backbone = [stage.label for stage in config.stages if stage.train_backbone]
+    if trains_backbone:
+        raise ConfigError(f"stage {trains_backbone[0]}: train_backbone would change every task's answers; an added "
+                          "task trains its own expert, gate row and head")
     model = load(checkpoint, "none")  # run_training sets how it generates
     check_same_model(model.config, config.model, checkpoint)
     tasks = load_tasks(config)
