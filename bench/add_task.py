@@ -49,6 +49,12 @@ def scores(model, config: Config, names: list[str]) -> dict[str, float]:
     return {task.name: round(100 * main_score(task, metrics[task.name]), 2) for task in tasks}
 
 
+def new_task_scores(report: dict[str, Any], model, new: list[str]) -> dict[str, float]:
+    """The main score of each new task in a run's report (0-100)."""
+    return {task.name: round(100 * main_score(task, report["metrics"][task.name]), 2)
+            for task in model.tasks if task.name in new}
+
+
 def joint(config: Config, steps: int) -> list[StageConfig]:
     """One joint stage of `steps` with the first stage's batch and rate: the shared LoRA's."""
     first = config.stages[0]
@@ -91,8 +97,7 @@ def run_seed(base: Config, add: Config, seed: int, runs: Path) -> dict[str, Any]
     grown = alter.load(out / "mta_add" / "model")
     before, after = scores(base_model, base, old), scores(grown, base, old)
     result["mta_add"] = {"seconds": training_seconds(report), "base_seconds": training_seconds(base_report),
-                         "new_task": {name: round(100 * main_score(task, report["metrics"][name]), 2)
-                                      for task in grown.tasks if (name := task.name) in new},
+                         "new_task": new_task_scores(report, grown, new),
                          "old_tasks": {name: {"before": before[name], "after": after[name]} for name in old},
                          "old_tasks_identical": before == after}
 
@@ -124,8 +129,7 @@ def run_seed(base: Config, add: Config, seed: int, runs: Path) -> dict[str, Any]
     after = scores(forgetting.eval(), base, old)
     result["shared_lora_new_only"] = {
         "seconds": training_seconds(report),
-        "new_task": {name: round(100 * main_score(task, report["metrics"][name]), 2)
-                     for task in tuned.tasks if (name := task.name) in new},
+        "new_task": new_task_scores(report, tuned, new),
         "old_tasks": {name: {"before": before[name], "after": after[name]} for name in old}}
     return result
 

@@ -105,8 +105,13 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
         distributed.stop()
     if os.environ.get("RANK", "0") != "0":
         return  # the main process prints the scores
+    print_run(report, cfg.output_dir, cfg.output_dir)
+
+
+def print_run(report, title: str, output_dir: str) -> None:
+    """A training run's scores table, what was not learned, each stage's cost, and its files."""
     trivial = {name: score.model_dump() for name, score in report.trivial.items()} if report.trivial else None
-    console.print(score_table(f"{cfg.output_dir}", report.metrics, report.before_training, report.macro,
+    console.print(score_table(title, report.metrics, report.before_training, report.macro,
                               report.macro_before_training, trivial, report.macro_trivial))
     for line in report.shortfalls:
         console.print(f"[yellow]not learned:[/yellow] {line}")
@@ -114,7 +119,7 @@ def train(config: Annotated[Path, typer.Argument(help="YAML config file")],
         console.print(f"{label}: {stage.trainable_params:,} trainable parameters, "
                       f"{stage.wall_seconds:.1f} s, {stage.tokens_per_s:.0f} tokens/s")
     console.print(f"training {report.train_seconds:.0f} s, evaluation {sum(report.eval_seconds.values()):.0f} s")
-    console.print(f"report: {cfg.output_dir}/report.md, model: {cfg.output_dir}/model")
+    console.print(f"report: {output_dir}/report.md, model: {output_dir}/model")
 
 
 @app.command("add-task")
@@ -135,10 +140,8 @@ def add_task(checkpoint: Annotated[Path, typer.Argument(help="a saved MTA model 
 
     cfg = load_config(config, [*(set_ or []), *([f"output_dir={output}"] if output else [])])
     report = Report.model_validate(add_tasks(checkpoint, cfg, replace or []))
-    console.print(score_table(f"{cfg.output_dir} (added tasks)", report.metrics, report.before_training))
-    for label, stage in report.stages.items():
-        console.print(f"{label}: {stage.trainable_params:,} trainable parameters, {stage.wall_seconds:.1f} s")
-    console.print(f"model: {cfg.output_dir}/model (every task; the old ones unchanged)")
+    print_run(report, f"{cfg.output_dir} (added tasks)", cfg.output_dir)
+    console.print("the model holds every task; the old ones answer as they did")
 
 
 @app.command("remove-task")
