@@ -1,7 +1,7 @@
 """What adding a task to a trained MTA model costs and scores, against training everything
 again and against a shared LoRA, on the quickstart's model and tasks plus one new task.
 
-    .venv/bin/python bench/add_task.py [--base configs/quickstart.yaml] [--add configs/add-mrpc.yaml] \
+    .venv/bin/python bench/add_task.py [--base configs/quickstart.yaml] [--add configs/add-aeslc.yaml] \
         [--seeds 0 1 2] [--runs runs/add-task] [--json docs/results/add-task.json]
 
 Per seed, each a resumable training run under `--runs` (run the script again to continue):
@@ -15,7 +15,8 @@ Per seed, each a resumable training run under `--runs` (run the script again to 
 - `shared_lora_new_only`: `shared_lora_base`'s adapter trained further on the new tasks alone
   (`--add`'s stage-1 schedule), the old tasks scored before and after (what it forgets).
 
-Seconds are the runs' training wall time (their evaluations left out); scores the main metric
+With `--json`, the seeds already in that file are kept and not run again. Seconds are the
+runs' training wall time (their evaluations left out); scores the main metric
 of each task on its evaluation examples (0-100). The JSON holds every seed's figures.
 """
 
@@ -74,15 +75,17 @@ def all_from_the_start(base: Config, add: Config) -> Config:
         rates = {name: rate * old_steps / total for name, rate in mixture.rates.items()}
         rates.update({name: new_steps / total / len(new) for name in new})
         mixture = mixture.model_copy(update={"rates": rates})
-    data = base.data.model_copy(update={"tasks": [*base.data.tasks, *add.data.tasks], "mixture": mixture})
+    data = base.data.model_copy(update={"tasks": [*base.data.tasks, *add.data.tasks], "mixture": mixture,
+                                        "custom_tasks": [*base.data.custom_tasks, *add.data.custom_tasks]})
     stages = [base.stages[0].model_copy(update={"steps": total}), *base.stages[1:]]
     return base.model_copy(update={"data": data, "stages": stages})
 
 
 def run_seed(base: Config, add: Config, seed: int, runs: Path) -> dict[str, Any]:
     out = runs / f"seed{seed}"
-    base = base.model_copy(update={"seed": seed})
-    add = add.model_copy(update={"seed": seed})
+    # No run scores its untrained model: nothing here compares with it.
+    base, add = (config.model_copy(update={"seed": seed, "eval": config.eval.model_copy(
+        update={"before_training": False})}) for config in (base, add))
     old = [ref.name for ref in base.data.refs()]
     new = [ref.name for ref in add.data.refs()]
     every = all_from_the_start(base, add)
@@ -137,7 +140,7 @@ def run_seed(base: Config, add: Config, seed: int, runs: Path) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="configs/quickstart.yaml")
-    parser.add_argument("--add", default="configs/add-mrpc.yaml")
+    parser.add_argument("--add", default="configs/add-aeslc.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", type=Path, default=Path("runs/add-task"))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -146,7 +149,11 @@ def main() -> None:
     args = parser.parse_args()
     base, add = load_config(args.base, args.overrides), load_config(args.add, args.overrides)
     found: dict[str, Any] = {"base": args.base, "add": args.add, "seeds": {}}
+    if args.json and args.json.exists():  # seeds measured before are kept, not run again
+        found["seeds"] = json.loads(args.json.read_text())["seeds"]
     for seed in args.seeds:
+        if str(seed) in found["seeds"]:
+            continue
         found["seeds"][str(seed)] = run_seed(base, add, seed, args.runs)
         print(json.dumps({seed: found["seeds"][str(seed)]}, indent=1), flush=True)
         if args.json:

@@ -62,6 +62,8 @@ def test_a_task_added_from_the_command_line_leaves_the_others_as_they_were(train
     ({"model": {"mta": {"rank": 4}}}, "model.mta.rank: 4 here, 8 in the checkpoint"),
     ({"model": {"backbone": "tiny-gpt2"}}, "model.backbone: 'tiny-gpt2' here, 'tiny-llama' in the checkpoint"),
     ({"stages": [{"kind": "stage1", "steps": 2, "train_backbone": True}]}, "train_backbone would change every task"),
+    ({"stages": [ADDED["stages"][0], {**ADDED["stages"][1], "collaboration": "softmax"}]},
+     "stage stage2: collaboration=softmax, but the model's gates are residual"),
 ])
 def test_what_cannot_be_added_is_one_clear_line(trained, tmp_path, change, message):
     settings = {**ADDED, **change}
@@ -70,6 +72,7 @@ def test_what_cannot_be_added_is_one_clear_line(trained, tmp_path, change, messa
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "grown").exists()  # refused before any stage trained
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,16 @@ def test_an_empty_input_field_is_an_error_naming_file_line_and_column(tmp_path):
         builtin_registry([spec]).get("tickets").read("train", tmp_path)
 
 
+def test_an_empty_field_is_reported_with_the_rows_that_would_be_skipped(tmp_path):
+    """Both what stops the read and what it would skip, before and after the bad row."""
+    spec = user_spec(tmp_path, 'body,team\nhello,billing\none,too,many\n"  ",tech\nfour,five,six\n')
+    with pytest.raises(DataError) as error:
+        builtin_registry([spec]).get("tickets").read("train", tmp_path)
+    message = str(error.value)
+    assert "tickets.csv:4: input field 'text' (column 'body') of task tickets is empty" in message
+    assert "also has 2 malformed row(s), which would be skipped: line 3: 3 fields, expected 2; line 5:" in message
+
+
 def test_a_training_example_without_a_target_is_an_error(tmp_path):
     spec = user_spec(tmp_path, "body,team\nhello,billing\nhi,\n")
     config = parse_config({"data": {"tasks": ["tickets"], "custom_tasks": [spec.model_dump()]}})

@@ -95,6 +95,25 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(client, body, status, mes
     assert message in response.json()["error"]
 
 
+def _wrongly_typed() -> list[tuple[str, object, str]]:
+    """Every generation field a request may set, with each value JSON Schema does not call
+    its type: a bool or a string for any number, a fraction for an integer."""
+    from alter.serve.requests import RequestedGeneration
+
+    cases = []
+    for name, field in RequestedGeneration.model_fields.items():
+        kind = "integer" if field.annotation == int | None else "number"
+        cases += [(name, value, kind) for value in (False, True, "2", *((2.5,) if kind == "integer" else ()))]
+    return cases
+
+
+@pytest.mark.parametrize("name, value, kind", _wrongly_typed())
+def test_every_generation_field_takes_its_json_type_only(client, name, value, kind):
+    response = client.post("/v1/predict", json={"requests": [{**DIALOGUE, name: value}]})
+    assert response.status_code == 422, response.text
+    assert f"requests.0.{name}: Input should be a valid {kind}" in response.json()["error"]
+
+
 @contextlib.contextmanager
 def serving(app):
     """`app` under uvicorn on a free port (TestClient reads a whole body before the app runs,
@@ -288,11 +307,27 @@ def test_metrics_count_requests_by_task_and_status_in_the_prometheus_format(pred
     text = response.text
     for line in ('alter_requests_total{status="200",task="dialogsum"} 1.0',
                  'alter_requests_total{status="200",task="sst2"} 1.0',
-                 'alter_requests_total{status="422",task="nope"} 1.0',
+                 'alter_requests_total{status="422",task="(other)"} 1.0',
                  'alter_request_seconds_count{task="sst2"} 1.0', "alter_queue_depth 0.0", "alter_running_rows 0.0"):
         assert line in text, line
     generated = next(line for line in text.splitlines() if line.startswith("alter_generated_tokens_total"))
     assert float(generated.split()[-1]) >= 1
+
+
+def test_unknown_task_names_never_become_metric_labels(predictor):
+    """A client's made-up task names are counted under one label value: a burst of 1,000
+    distinct names leaves the exposition as long as one name does."""
+    def unknown(client, names):
+        for name in names:
+            client.post("/v1/predict", json={"requests": [{"task": name, "inputs": {"sentence": "x"}}]})
+        return client.get("/metrics").text
+
+    with TestClient(create_app(predictor)) as client:
+        after_one = unknown(client, ["nope"])
+        after_burst = unknown(client, [f"nope-{i}" for i in range(1000)])
+    assert 'alter_requests_total{status="422",task="(other)"} 1001.0' in after_burst
+    assert "nope" not in after_burst
+    assert len(after_burst.splitlines()) == len(after_one.splitlines())
 
 
 def test_sigterm_drains_and_the_server_exits_0(predictor, tmp_path):

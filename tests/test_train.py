@@ -160,6 +160,16 @@ def test_predict_names_the_line_of_a_bad_request(finished, tmp_path):
     assert "in.jsonl:2: task sst2 needs input field(s) sentence" in result.output
 
 
+def test_predict_blames_the_task_flag_not_the_file(finished, tmp_path):
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"sentence": "fine"}\n')
+    result = runner.invoke(app, ["predict", f"{finished[0].output_dir}/model", "--task", "nope",
+                                 "--input", str(requests)])
+    assert result.exit_code == 2
+    assert "--task" in result.output and "no task 'nope'" in result.output
+    assert "in.jsonl:1" not in result.output
+
+
 def test_tasks_command_lists_split_sizes():
     result = runner.invoke(app, ["tasks"])
     assert result.exit_code == 0, result.output

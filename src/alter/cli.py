@@ -257,6 +257,9 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="a saved model folde
         raise FileNotFoundError(f"input file not found: {input}")
     predictor = Predictor(load(checkpoint, quantize.value), batch_size=batch_size, max_new_tokens=max_new_tokens,
                           num_beams=num_beams)
+    if task and task not in predictor.model.task_index:  # the flag is wrong, not the file's lines
+        raise typer.BadParameter(f"the model has no task '{task}'; its tasks: {', '.join(predictor.model.task_index)}",
+                                 param_hint="'--task'")
     requests, lines = [], []
     for line, row in read_rows(input, "jsonl"):
         if "__malformed__" in row:

@@ -90,6 +90,14 @@ class MalformedRows:
     def add(self, line: int, problem: str) -> None:
         self.problems.append((line, problem))
 
+    def besides(self, shown: int = 3) -> str:
+        """The malformed rows, as a clause after another error in the same file ('' if none)."""
+        if not self.problems:
+            return ""
+        listed = "; ".join(f"line {line}: {problem}" for line, problem in self.problems[:shown])
+        more = f"; and {len(self.problems) - shown} more" if len(self.problems) > shown else ""
+        return f". The file also has {len(self.problems)} malformed row(s), which would be skipped: {listed}{more}"
+
     def finish(self, good_rows: int) -> None:
         if not self.problems:
             return

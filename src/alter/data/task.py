@@ -92,6 +92,7 @@ class Task:
             return self._from_hub(split, source, path)
         examples: list[Example] = []
         malformed = MalformedRows(path, strict=strict)
+        invalid: DataError | None = None  # the first row that is an error: said with the skipped ones
         rows = read_rows(path, source.format, source.header, source.columns)
         for index, (line, row) in enumerate(rows):
             if index < source.skip:
@@ -100,12 +101,19 @@ class Task:
                 break
             problem = row.get("__malformed__")
             if problem is None:
+                if invalid:
+                    continue
                 try:
                     examples.append(self.example(row, f"{path}:{line}"))
                     continue
                 except KeyError as missing:
                     problem = f"missing column {missing}"
+                except DataError as error:
+                    invalid = error
+                    continue
             malformed.add(line, problem)
+        if invalid:
+            raise DataError(f"{invalid}{malformed.besides()}")
         malformed.finish(len(examples))
         if malformed.problems:
             self.skipped_rows[split] = len(malformed.problems)

@@ -250,18 +250,27 @@ class MTAModel(nn.Module):
         one-hot assignment; stage 2 and joint learn how tasks draw on every expert. While only
         `changing_tasks` train, the others' gates stay as they are (`TaskGate.begin_rows`)."""
         if self.changing_tasks:
+            refusal = self.refuses_changing_tasks(stage)
+            if refusal:
+                raise ValueError(refusal)
             task_ids = [self.task_id(name) for name in self.changing_tasks]
-            try:
-                for layer in self.mta_layers:
-                    layer.gate.begin_rows(task_ids, stage.kind, stage.collaboration, stage.own_expert_weight)
-            except ValueError as error:
-                raise ValueError(f"stage {stage.label}: {error}") from None
+            for layer in self.mta_layers:
+                layer.gate.begin_rows(task_ids, stage.kind, stage.collaboration, stage.own_expert_weight)
             return
         if stage.kind == "stage1":
             for layer in self.mta_layers:
                 layer.gate.fixed.fill_(True)
         else:
             self.start_collaboration(stage.collaboration, stage.own_expert_weight, tied=stage.gate_layers == "tied")
+
+    def refuses_changing_tasks(self, stage: StageConfig) -> str | None:
+        """Why `stage` cannot train the `changing_tasks` alone over this model's gates, or None
+        (`TaskGate.refuses_rows`): add-task asks before its first stage, not when it comes."""
+        for layer in self.mta_layers:
+            refusal = layer.gate.refuses_rows(stage.kind, stage.collaboration)
+            if refusal:
+                return f"stage {stage.label}: {refusal}"
+        return None
 
     def start_collaboration(self, how: str = "residual", own_weight: float = 0.8, tied: bool = False) -> None:
         """Gates leave the stage-1 assignment and learn (`TaskGate.start_collaboration`);

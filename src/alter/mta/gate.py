@@ -164,6 +164,20 @@ class TaskGate(nn.Module):
         rows = torch.arange(self.task_logits.shape[0], device=self.task_logits.device)
         self.task_logits[rows, self.assignment] = math.log(own_weight) * self.temperature
 
+    def refuses_rows(self, kind: str, collaboration: str) -> str | None:
+        """Why a stage of `kind` cannot train added rows alone over these gates, or None when
+        it can (`begin_rows`; asked before any training starts)."""
+        if kind == "stage1":
+            return None
+        if bool(self.fixed):
+            return ("the model's own tasks were trained in stage 1 only, so their gates are fixed; a "
+                    "collaboration for the added task alone would change how they are computed. Train the added "
+                    "task's stage 1 only")
+        if bool(self.residual) != (collaboration == "residual"):
+            return (f"collaboration={collaboration}, but the model's gates are "
+                    f"{'residual' if bool(self.residual) else 'softmax'}; use the same")
+        return None
+
     @torch.no_grad()
     def begin_rows(self, task_ids: list[int], kind: str, collaboration: str, own_weight: float) -> None:
         """Begin a stage of `kind` (a StageConfig's) for the rows of `task_ids` alone (tasks
@@ -171,16 +185,12 @@ class TaskGate(nn.Module):
         each task's own expert only: a fixed gate's one-hot, a residual gate's row at 0, a
         softmax row of -inf but its own expert (as `task_surgery` makes it). A collaboration
         starts its rows as `start_collaboration` starts every row; it needs gates that
-        collaborate already, of the same kind."""
+        collaborate already, of the same kind (`refuses_rows`)."""
+        refusal = self.refuses_rows(kind, collaboration)
+        if refusal:
+            raise ValueError(refusal)
         if kind == "stage1":
             return
-        if bool(self.fixed):
-            raise ValueError("the model's own tasks were trained in stage 1 only, so their "
-                             "gates are fixed; a collaboration for the added task alone would change how they are "
-                             "computed. Train the added task's stage 1 only")
-        if bool(self.residual) != (collaboration == "residual"):
-            raise ValueError(f"collaboration={collaboration}, but the model's gates are "
-                             f"{'residual' if bool(self.residual) else 'softmax'}; use the same")
         if bool(self.residual) or self.task_logits is None or self.num_experts == 1:
             return  # a residual row at 0 is its own expert: the collaboration's start
         other = (1.0 - own_weight) / (self.num_experts - 1)

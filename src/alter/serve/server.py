@@ -109,7 +109,8 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     app = FastAPI(title="alter", summary="One multi-task model, every task, batched together.", lifespan=lifespan)
     app.state.batcher = batcher  # for tests: what is queued and running
     install_guards(app, config.max_body_bytes, os.environ.get(config.api_key_env))
-    metrics = ServerMetrics(batcher.queue_depth, batcher.running_rows, lambda: predictor.tokens_generated)
+    metrics = ServerMetrics([task.name for task in predictor.model.tasks], batcher.queue_depth, batcher.running_rows,
+                            lambda: predictor.tokens_generated)
     answer = PredictEndpoint(predictor, config, batcher)
 
     @app.get("/health")

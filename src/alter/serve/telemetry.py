@@ -2,6 +2,10 @@
 
     alter_requests_total{task, status}     items answered, by task and HTTP status
     alter_request_seconds{task}            latency histogram (a stream: until its first event)
+
+A task label is one of the model's tasks or `(other)`: a client's unknown task names are
+counted under that one value, so no client can grow the series without bound (and no task
+can be named so: a task name holds no parentheses).
     alter_queue_depth                      items waiting for the worker
     alter_running_rows                     generations in the running batch (continuous)
     alter_generated_tokens_total           tokens written by generations
@@ -9,18 +13,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160)
+OTHER_TASK = "(other)"
 
 
 class ServerMetrics:
-    def __init__(self, queue_depth: Callable[[], int], running_rows: Callable[[], int],
+    def __init__(self, tasks: Collection[str], queue_depth: Callable[[], int], running_rows: Callable[[], int],
                  generated_tokens: Callable[[], int]):
+        self.tasks = frozenset(tasks)  # the only task label values besides OTHER_TASK
         self.registry = CollectorRegistry()  # one per app: several servers in one process stay apart
         self.requests = Counter("alter_requests", "Items answered, by task and HTTP status", ["task", "status"],
                                 registry=self.registry)
@@ -33,6 +39,7 @@ class ServerMetrics:
 
     def observe(self, tasks: Iterable[str], status: int, seconds: float) -> None:
         for task in tasks:
+            task = task if task in self.tasks else OTHER_TASK
             self.requests.labels(task=task, status=str(status)).inc()
             if status < 400:
                 self.latency.labels(task=task).observe(seconds)

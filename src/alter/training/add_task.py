@@ -47,6 +47,9 @@ def add_tasks(checkpoint: str | Path, config: Config, replace: Sequence[str] = (
     except TaskSurgeryError as error:
         raise ConfigError(f"{checkpoint}: {error}") from None
     model.changing_tasks = tuple(task.name for task in tasks)
+    refusals = [refusal for stage in config.stages if (refusal := model.refuses_changing_tasks(stage))]
+    if refusals:  # said now, not after the stages before it have trained
+        raise ConfigError(f"{checkpoint}: {refusals[0]}")
     return run_training(config.model_copy(update={"model": model.config}), build=lambda _config, _tasks: model)
 
 
