@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from alter.evaluate.metrics import compute
-from alter.experiment.paired import excludes_zero, paired_bootstrap, resampled_scores, seed_t_interval
+from alter.evaluate.resampling import resampled_scores
+from alter.experiment.paired import excludes_zero, paired_bootstrap, seed_t_interval
 
 
 def accuracy_record(correct: list[bool]) -> dict:

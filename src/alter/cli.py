@@ -114,7 +114,7 @@ def print_run(report, title: str, output_dir: str) -> None:
     console.print(score_table(title, report.metrics, report.before_training, report.macro,
                               report.macro_before_training, trivial, report.macro_trivial))
     for line in report.shortfalls:
-        console.print(f"[yellow]not learned:[/yellow] {line}")
+        console.print(f"[yellow]{line}[/yellow]")
     for label, stage in report.stages.items():
         console.print(f"{label}: {stage.trainable_params:,} trainable parameters, "
                       f"{stage.wall_seconds:.1f} s, {stage.tokens_per_s:.0f} tokens/s")
@@ -178,7 +178,7 @@ def experiment(config: Annotated[Path, typer.Argument(help="experiment YAML file
     results = run_experiment(cfg, only.split(",") if only else None, seed_list)
     console.print(experiment_table(results, cfg.output_dir))
     for line in results["shortfalls"]:
-        console.print(f"[yellow]not learned:[/yellow] {line}")
+        console.print(f"[yellow]{line}[/yellow]")
     console.print(f"results: {cfg.output_dir}/results.md, {cfg.output_dir}/results.json")
 
 

@@ -130,7 +130,9 @@ def build_report(model: TrainableModel, final: dict, before: dict | None, stages
     if trivial is not None:
         report["trivial"] = trivial
         report["macro_trivial"] = macro_average(tasks, {name: t["metrics"] for name, t in trivial.items()})
-    report["shortfalls"] = shortfalls(tasks, after, trivial or {}, before)
+    if final.get("intervals"):  # each task's main score, 95% bootstrap interval over its examples (0-1)
+        report["intervals"] = final["intervals"]
+    report["shortfalls"] = shortfalls(tasks, after, trivial or {}, before, final.get("intervals"))
     if model.label_offsets:  # alter.evaluate.calibration
         report["label_offsets"] = model.label_offsets
     if skipped_rows:  # malformed rows the readers skipped: task -> split -> rows
@@ -183,7 +185,7 @@ def write_report(out: Path, model: TrainableModel, report: dict[str, Any]) -> di
                 + ", ".join(f"{k} {v}" for k, v in report["eval_examples"].items()), "",
                 markdown_table(tasks, report["metrics"], report.get("before_training"), report.get("trivial")), ""]
     if report.get("shortfalls"):
-        markdown += ["**Not learned:**", "", *(f"- {line}" for line in report["shortfalls"]), ""]
+        markdown += ["**Not clearly learned:**", "", *(f"- {line}" for line in report["shortfalls"]), ""]
     if report.get("label_offsets"):
         markdown += [_offsets_line(model, report["label_offsets"]), ""]
     if report.get("skipped_rows"):

@@ -51,7 +51,8 @@ class Report(_Record):
     eval_seconds: dict[str, float] = {}
     trivial: dict[str, TrivialScore] | None = None
     macro_trivial: float | None = None
-    shortfalls: list[str] = []
+    intervals: dict[str, tuple[float, float]] = {}  # main score, 95% bootstrap interval over the examples (0-1)
+    shortfalls: list[str] = []  # tasks not clearly learned (alter.evaluate.trivial.shortfalls)
     validation: ValidationScores | None = None
     before_training: Metrics | None = None
     macro_before_training: float | None = None

@@ -58,6 +58,12 @@ def beats_trivial(score: float, floor: float) -> bool:
     return score > floor + 1e-9
 
 
+def not_clearly_learned(score: float, interval: Sequence[float] | None, floor: float | None) -> bool:
+    """Whether a score is not clearly above `floor` (same scale): the lower end of its 95%
+    interval is not above it (the score itself, where no interval is known)."""
+    return floor is not None and not beats_trivial(interval[0] if interval else score, floor)
+
+
 def not_above_trivial(tasks: Sequence[Task], after: dict, trivial: dict) -> dict[str, tuple[float, float]]:
     """{task: (main score, trivial score)} for each task of `after` not above its trivial score."""
     behind = {}
@@ -70,20 +76,29 @@ def not_above_trivial(tasks: Sequence[Task], after: dict, trivial: dict) -> dict
     return behind
 
 
-def shortfalls(tasks: Sequence[Task], after: dict, trivial: dict, before: dict | None) -> list[str]:
-    """One line for each task whose main score is not above its trivial score, or is below
-    the untrained model's."""
-    behind = not_above_trivial(tasks, after, trivial)
+def shortfalls(tasks: Sequence[Task], after: dict, trivial: dict, before: dict | None,
+               intervals: dict[str, Sequence[float]] | None = None) -> list[str]:
+    """One line for each task that is not clearly learned: the lower end of its main score's
+    95% interval over the evaluation examples (`intervals`, 0-1, `score_interval`; the score
+    itself where none is known) is not above its trivial score, or not above the untrained
+    model's. A point score a little above the floor is noise on a few hundred examples."""
     lines = []
     for task in tasks:
         if task.name not in after:
             continue
         metric = task.main_metric
         score = after[task.name][metric]
-        if task.name in behind:
-            lines.append(f"{task.name}: {metric} {100 * score:.1f} is not above its trivial score "
-                         f"{100 * behind[task.name][1]:.1f} ({trivial[task.name]['rule']})")
-        if before and task.name in before and score < before[task.name][metric]:
-            lines.append(f"{task.name}: {metric} {100 * score:.1f} is below the untrained model's "
-                         f"{100 * before[task.name][metric]:.1f}")
+        interval = (intervals or {}).get(task.name)
+        shown = f"{metric} {100 * score:.1f}" + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+                                                 if interval else "")
+        floor = trivial[task.name]["metrics"][metric] if task.name in trivial else None
+        untrained = before[task.name][metric] if before and task.name in before else None
+        floors = []
+        if not_clearly_learned(score, interval, floor):
+            floors.append(f"its trivial score {100 * floor:.1f} ({trivial[task.name]['rule']})")
+        if not_clearly_learned(score, interval, untrained):
+            floors.append(f"the untrained model's {100 * untrained:.1f}")
+        if floors:
+            where = "the lower end of its 95% interval" if interval else "it"
+            lines.append(f"{task.name}: {shown} is not clearly learned: {where} is not above {' nor '.join(floors)}")
     return lines

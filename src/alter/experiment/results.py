@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from alter.evaluate.predictions import read_predictions
-from alter.evaluate.trivial import beats_trivial
+from alter.evaluate.resampling import score_interval
+from alter.evaluate.trivial import not_clearly_learned
 from alter.experiment.config import ExperimentConfig
 from alter.experiment.paired import paired_bootstrap, seed_t_interval
 from alter.experiment.tables import write_tables
@@ -172,6 +173,8 @@ def write_results(config: ExperimentConfig, out: Path) -> dict[str, Any]:
         systems[name][f"seeds_vs_{REFERENCE}"] = differences
     for name, gain in _gains_over_start(config, kept).items():
         systems[name]["gain_over_start"] = gain
+    for name, intervals in _task_intervals(kept).items():
+        systems[name]["tasks_ci95"] = intervals
     results = {"scale": "0-100", "seeds": config.seeds, "main_metrics": main_metrics,
                "classification_tasks": common, "reference": REFERENCE, "trivial": _trivial(out), "systems": systems}
     floors = [name for name, system in config.systems.items() if system.kind == "lead"]  # trivial by design
@@ -211,16 +214,29 @@ def _trivial(out: Path) -> dict[str, dict]:
     return found
 
 
+def _task_intervals(kept: Kept) -> dict[str, dict[str, list[float]]]:
+    """Each system's mean main score of each task over its seeds, with the 95% interval of a
+    bootstrap over seeds and examples (`score_interval`), 0-100."""
+    found = {}
+    for name, seeds in kept.items():
+        runs = list(seeds.values())
+        found[name] = {task: [round(100 * end, 2) for end in score_interval([run[task] for run in runs])]
+                       for task in runs[0] if all(task in run for run in runs)}
+    return found
+
+
 def below_trivial(systems: dict[str, dict], trivial: dict[str, dict]) -> list[str]:
-    """A line for each system x task whose mean score is not above the task's trivial score."""
+    """A line for each system x task that is not clearly learned (`not_clearly_learned`)."""
     lines = []
     for name, result in systems.items():
         for task, metrics in result["tasks"].items():
             metric = result["main_metrics"][task]
             floor = trivial.get(task, {}).get("metrics", {}).get(metric)
-            if floor is not None and not beats_trivial(metrics[metric], floor):
-                lines.append(f"{name} on {task}: {metric} {metrics[metric]:.1f}, trivial {floor:.1f} "
-                             f"({trivial[task]['rule']})")
+            interval = result.get("tasks_ci95", {}).get(task)
+            if not_clearly_learned(metrics[metric], interval, floor):
+                shown = f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else ""
+                lines.append(f"{name} on {task}: {metric} {metrics[metric]:.1f}{shown} is not clearly learned: "
+                             f"trivial {floor:.1f} ({trivial[task]['rule']})")
     return lines
 
 

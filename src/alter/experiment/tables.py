@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from alter.evaluate.trivial import beats_trivial  # noqa: E402
+from alter.evaluate.trivial import not_clearly_learned  # noqa: E402
 from alter.experiment.config import ExperimentConfig  # noqa: E402
 from alter.experiment.paired import excludes_zero  # noqa: E402
 
@@ -49,7 +49,8 @@ def _legend(reference: str, trivial: dict[str, dict]) -> str:
             "the evaluation examples (the same for both), so that it carries the seeds' spread; with one seed "
             "it covers the examples only; **bold** where the interval excludes zero. The t-interval over seeds: "
             "a paired t-interval of the per-seed macro differences (two or more seeds)."
-            + (" † marks a score not above the task's trivial score (the last row: "
+            + (" † marks a score not clearly learned: the lower end of its 95% interval (seeds and examples "
+               "resampled) is not above the task's trivial score (the last row: "
                + ", ".join(sorted({t["rule"].split(":")[0] for t in trivial.values()})) + ", on the same examples)."
                if trivial else ""))
 
@@ -68,7 +69,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         mean = result["tasks"][task][metric]
         value = f"{mean:.1f}" + (f" ± {result['tasks_std'][task][metric]:.1f}" if len(result["seeds"]) > 1 else "")
         floor = trivial.get(task, {}).get("metrics", {}).get(metric)
-        return value + (" †" if floor is not None and not beats_trivial(mean, floor) else "")
+        return value + (" †" if not_clearly_learned(mean, result.get("tasks_ci95", {}).get(task), floor) else "")
 
     header = ["system", "seeds", *(f"{task} ({results['main_metrics'][task]}, {examples.get(task, '?')})"
                                    for task in tasks), "macro"]

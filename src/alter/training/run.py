@@ -129,7 +129,7 @@ def _finish(model: TrainableModel, out: Path, report: dict[str, Any], run_log: R
     model saved once its run's report is written (its model card shows the run's scores; an
     interruption before this loses no training: the finished stages' checkpoints are kept)."""
     for line in report["shortfalls"]:
-        log.warning("not learned: %s", line)
+        log.warning("%s", line)
     report = write_report(out, model, report)
     run_log.gates(model.task_gate_weights(), [task.name for task in model.tasks], last_stage)
     run_log.close()

@@ -14,6 +14,7 @@ from alter.evaluate.calibration import fit_offsets
 from alter.evaluate.evaluator import evaluate, evaluate_with_predictions, main_score, predict_shared
 from alter.evaluate.predictions import write_predictions
 from alter.evaluate.ranks import Ranks
+from alter.evaluate.resampling import score_interval
 from alter.evaluate.trivial import not_above_trivial, trivial_main_scores
 from alter.models.contract import TrainableModel
 from alter.training.run_log import RunLog
@@ -52,6 +53,9 @@ class Scorer:
         held = evaluate_with_predictions(self.model, self.validation, self.config, ranks, what=f"validation {name}") \
             if self.validation and name != "before" else None
         scores = {"metrics": result.metrics, "validation": held.metrics if held else None,
+                  # what "not clearly learned" reads: each main score's 95% interval over the examples
+                  "intervals": {task: [round(end, 4) for end in score_interval([record])]
+                                for task, record in result.records.items() if record["sources"]},
                   "seconds": round(result.seconds + (held.seconds if held else 0.0), 2)}
         self.seconds[name] = scores["seconds"]
         if ranks.is_main:
