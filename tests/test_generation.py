@@ -93,3 +93,20 @@ def test_a_request_overrides_its_tasks_settings_within_the_servers_limits(model)
                               "num_beams: task sst2 does not generate")]:
         with pytest.raises(RequestError, match=message):
             predictor.settings([request])
+
+
+def test_a_declared_generation_task_writes_no_3_gram_twice_unless_it_says_so(tmp_path):
+    from alter.data.registry import builtin_registry
+
+    assert builtin_registry().get("dialogsum").spec.generation.no_repeat_ngram_size == 3
+    assert builtin_registry().get("sst2").spec.generation is None
+    fields = {"name": "mine", "kind": "generation", "inputs": {"text": "text"}, "target": "summary",
+              "template": "{text}\nSummary:"}
+    off = TaskSpec(**fields, generation={"no_repeat_ngram_size": 0, "num_beams": 2})
+    registry = builtin_registry([off])
+    assert registry.get("mine").spec.generation == GenerationSettings(no_repeat_ngram_size=0, num_beams=2)
+    (tmp_path / "mail.jsonl").write_text('{"text": "Meeting moved to 3pm.", "summary": "Meeting time"}\n')
+    from_file = Task.from_file(tmp_path / "mail.jsonl", name="mail", kind="generation", target="summary")
+    assert from_file.spec.generation.no_repeat_ngram_size == 3
+    # A saved spec is taken as it was saved: a model's answers do not change when it is loaded.
+    assert TaskSpec(**fields).generation is None

@@ -160,6 +160,17 @@ def test_predict_names_the_line_of_a_bad_request(finished, tmp_path):
     assert "in.jsonl:2: task sst2 needs input field(s) sentence" in result.output
 
 
+def test_the_report_counts_the_inputs_cut_to_max_source_length(finished):
+    """Dialogues are longer than tiny.yaml's 96 tokens (of the tiny backbone's tokenizer)."""
+    config, report = finished
+    cut = report["inputs_cut"]
+    assert "dialogsum" in cut and report["max_source_length"] == 96
+    shortened, total = cut["dialogsum"]["train"]
+    assert 0 < shortened <= total == 32
+    assert 0 < cut["dialogsum"]["eval"][0] <= cut["dialogsum"]["eval"][1] == 8
+    assert f"dialogsum: {shortened} of 32 training inputs" in Path(config.output_dir, "report.md").read_text()
+
+
 def test_predict_blames_the_task_flag_not_the_file(finished, tmp_path):
     requests = tmp_path / "in.jsonl"
     requests.write_text('{"sentence": "fine"}\n')

@@ -115,6 +115,11 @@ def print_run(report, title: str, output_dir: str) -> None:
                               report.macro_before_training, trivial, report.macro_trivial))
     for line in report.shortfalls:
         console.print(f"[yellow]{line}[/yellow]")
+    if report.inputs_cut:
+        from alter.evaluate.report import inputs_cut_text
+
+        console.print(f"[yellow]inputs cut to model.max_source_length ({report.max_source_length} tokens):[/yellow] "
+                      f"{inputs_cut_text(report.inputs_cut)}")
     for label, stage in report.stages.items():
         console.print(f"{label}: {stage.trainable_params:,} trainable parameters, "
                       f"{stage.wall_seconds:.1f} s, {stage.tokens_per_s:.0f} tokens/s")

@@ -23,7 +23,7 @@ class TaskRegistry:
     def register(self, spec: TaskSpec) -> Task:
         if spec.name in self._tasks:
             raise ValueError(f"task '{spec.name}' is registered twice")
-        task = Task(spec)
+        task = Task(spec.declared())
         self._tasks[spec.name] = task
         return task
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alter.data.generation import GenerationSettings
+from alter.data.generation import DEFAULT_WRITING, GenerationSettings
 
 TaskKind = Literal["classification", "regression", "generation"]
 METRIC_NAMES = ("accuracy", "f1", "mcc", "pearson", "spearman", "rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -94,3 +94,12 @@ class TaskSpec(BaseModel):
             raise ValueError(f"task {self.name}: main_metric {self.main_metric} is not one of its metrics "
                              f"{self.metrics}")
         return self
+
+    def declared(self) -> TaskSpec:
+        """The spec as a newly declared task gets it (a registry's task, a user's file): a
+        generation task writes no 3-gram twice unless it says otherwise (`DEFAULT_WRITING`),
+        since greedy summaries of a small model loop on a phrase. A saved model's specs are
+        loaded as they were saved, so its answers do not change."""
+        if self.kind != "generation":
+            return self
+        return self.model_copy(update={"generation": (self.generation or GenerationSettings()).over(DEFAULT_WRITING)})

@@ -36,7 +36,7 @@ def spec_from_files(train: str | Path, *, name: str, kind: TaskKind = "classific
     return TaskSpec(name=name, kind=kind, inputs=columns, target=target,
                     template=template or default_template(list(columns)),
                     splits={split: str(path) for split, path in paths.items()},
-                    labels=list(labels) if labels is not None else None, **fields)
+                    labels=list(labels) if labels is not None else None, **fields).declared()
 
 
 def default_template(fields: list[str]) -> str:

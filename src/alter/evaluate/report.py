@@ -106,10 +106,19 @@ def plot_gates(weights, task_names: Sequence[str], layer_names: Sequence[str], t
     return True
 
 
+def inputs_cut_text(cut: dict[str, dict[str, list[int]]]) -> str:
+    """`dialogsum: 212 of 500 training inputs, 9 of 20 scored ones; ...`"""
+    names = {"train": "training inputs", "eval": "scored ones"}
+    return "; ".join(f"{task}: " + ", ".join(f"{shortened} of {total} {names.get(split, split)}"
+                                            for split, (shortened, total) in splits.items())
+                     for task, splits in cut.items())
+
+
 def build_report(model: TrainableModel, final: dict, before: dict | None, stages: Sequence, eval_counts: dict[str, int],
                  after_stage: dict[str, dict] | None = None, eval_seconds: dict[str, float] | None = None,
                  trivial: dict[str, dict] | None = None,
-                 skipped_rows: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+                 skipped_rows: dict[str, dict[str, int]] | None = None,
+                 inputs_cut: dict[str, dict[str, list[int]]] | None = None) -> dict[str, Any]:
     """The report as data: scores (after, before and between stages; `final` and each of
     `after_stage` are {"metrics", "validation"}), each stage's cost and the evaluations' time."""
     tasks = model.tasks
@@ -137,6 +146,9 @@ def build_report(model: TrainableModel, final: dict, before: dict | None, stages
         report["label_offsets"] = model.label_offsets
     if skipped_rows:  # malformed rows the readers skipped: task -> split -> rows
         report["skipped_rows"] = skipped_rows
+    if inputs_cut:  # task -> split -> [inputs shortened to max_source_length, inputs]
+        report["inputs_cut"] = inputs_cut
+        report["max_source_length"] = model.config.max_source_length
     if final.get("validation"):
         report["validation"] = {"metrics": final["validation"], "macro": macro_average(tasks, final["validation"])}
     if before is not None:
@@ -188,6 +200,9 @@ def write_report(out: Path, model: TrainableModel, report: dict[str, Any]) -> di
         markdown += ["**Not clearly learned:**", "", *(f"- {line}" for line in report["shortfalls"]), ""]
     if report.get("label_offsets"):
         markdown += [_offsets_line(model, report["label_offsets"]), ""]
+    if report.get("inputs_cut"):
+        markdown += [f"**Inputs cut** to max_source_length ({report['max_source_length']} tokens): "
+                     + inputs_cut_text(report["inputs_cut"]), ""]
     if report.get("skipped_rows"):
         markdown += ["**Malformed rows skipped:** " + "; ".join(
             f"{task} {split} {rows}" for task, splits in report["skipped_rows"].items()

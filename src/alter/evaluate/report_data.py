@@ -60,6 +60,8 @@ class Report(_Record):
     plots: dict[str, str] = {}
     label_offsets: dict[str, list[float]] = {}  # decision offsets per classification task (alter.evaluate.calibration)
     skipped_rows: dict[str, dict[str, int]] = {}  # malformed rows the readers skipped: task -> split -> rows
+    inputs_cut: dict[str, dict[str, tuple[int, int]]] = {}  # task -> split -> (inputs cut, inputs)
+    max_source_length: int | None = None  # what they were cut to (tokens), where any was
 
     def score(self, task: str) -> float:
         """The task's main metric, 0-100."""

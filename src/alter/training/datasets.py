@@ -130,6 +130,18 @@ def stage_data(model: TrainableModel, config: Config, sets: dict[str, list[Examp
     return with_mixture(config, StageData(rows, [0.0] * len(rows), [task.name for task in model.tasks]))
 
 
+def inputs_cut(rows: dict[str, dict[str, list[Encoded]]]) -> dict[str, dict[str, list[int]]]:
+    """{task: {split: [inputs cut to max_source_length, inputs]}} from each split's encoded
+    rows by task ({split: {task: rows}}), for the tasks that had any input cut."""
+    cut: dict[str, dict[str, list[int]]] = {}
+    for split, by_task in rows.items():
+        for task, encoded in by_task.items():
+            shortened = sum(row.truncated for row in encoded)
+            if shortened:
+                cut.setdefault(task, {})[split] = [shortened, len(encoded)]
+    return cut
+
+
 def task_rates(config: Config, sizes: dict[str, int], mix: MixtureConfig | None = None) -> dict[str, float]:
     """Each task's share of the mixture (`mix`, default the config's), from its number of
     training examples."""

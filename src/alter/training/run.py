@@ -17,7 +17,16 @@ from alter.evaluate.report import build_report, write_report
 from alter.evaluate.trivial import trivial_scores
 from alter.models.contract import TrainableModel
 from alter.models.mta_model import MTAModel
-from alter.training.datasets import TrainingSets, load_split, load_tasks, load_training, stage_data, with_mixture
+from alter.training.datasets import (
+    StageData,
+    TrainingSets,
+    inputs_cut,
+    load_split,
+    load_tasks,
+    load_training,
+    stage_data,
+    with_mixture,
+)
 from alter.training.distributed import pick_device, place, start
 from alter.training.loop import StageResult, train_stage
 from alter.training.resume import resume_conflict
@@ -60,7 +69,10 @@ def run_training(config: Config,
     scorer = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
                    trivial_scores(tasks, train_sets, validation) if floors_needed and validation else None)
     before = scorer("before", "the untrained model")["metrics"] if config.eval.before_training else None
-    stages, after_stage = _train_stages(config, model, training, scorer, run_log, ranks, out)
+    train_data = stage_data(model, config, training.train)
+    scored_rows = {name: model.encode(examples, with_target=False) for name, examples in eval_sets.items()}
+    cut = inputs_cut({"train": dict(zip(train_data.task_names, train_data.rows)), "eval": scored_rows})
+    stages, after_stage = _train_stages(config, model, training, train_data, scorer, run_log, ranks, out)
     if config.eval.calibrate:
         offsets = scorer.fit_label_offsets()
         run_log.write({"label_offsets": offsets})
@@ -70,7 +82,7 @@ def run_training(config: Config,
     final = scorer("final", "the trained model", keep=False, stage=last)
     report = build_report(model, final, before, stages, {name: len(v) for name, v in eval_sets.items()},
                           after_stage, scorer.seconds, trivial_scores(tasks, train_sets, eval_sets),
-                          {task.name: task.skipped_rows for task in tasks if task.skipped_rows})
+                          {task.name: task.skipped_rows for task in tasks if task.skipped_rows}, cut)
     if ranks.is_main:
         report = _finish(model, out, report, run_log, last, saved)
     return report
@@ -89,11 +101,12 @@ def _check_settings(config: Config, model: TrainableModel, has_validation: bool)
         raise ConfigError(f"eval.calibrate: a {type(model).__name__} has no decision offsets")
 
 
-def _train_stages(config: Config, model: TrainableModel, training: TrainingSets, scorer: Scorer, run_log: RunLog,
-                  ranks: Ranks, out: Path) -> tuple[list[StageResult], dict[str, Any]]:
+def _train_stages(config: Config, model: TrainableModel, training: TrainingSets, train_data: StageData,
+                  scorer: Scorer, run_log: RunLog, ranks: Ranks, out: Path) -> tuple[list[StageResult], dict[str, Any]]:
     """Every stage in turn (each resumes where it stopped); the stages' results and the scores
-    taken between them (`eval.after_each_stage`, before pruning)."""
-    data = {"train": stage_data(model, config, training.train)}
+    taken between them (`eval.after_each_stage`, before pruning). `train_data`: the training
+    sets encoded."""
+    data = {"train": train_data}
     stages, after_stage = [], {}
     for index, stage in enumerate(config.stages):
         if stage.train_on not in data:
