@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import alter
 from alter.config import Config, SharedLoraConfig, StageConfig, load_config
 from alter.evaluate.evaluator import evaluate, main_score
+from alter.experiment.paired import seed_t_interval
 from alter.models.mta_model import MTAModel
 from alter.training.add_task import add_tasks
 from alter.training.datasets import load_split, load_tasks
@@ -137,6 +140,54 @@ def run_seed(base: Config, add: Config, seed: int, runs: Path) -> dict[str, Any]
     return result
 
 
+def _mean(values: list[float]) -> float:
+    return round(statistics.fmean(values), 2)
+
+
+def _spread(values: list[float]) -> float:
+    return round(statistics.stdev(values), 2) if len(values) > 1 else 0.0
+
+
+def summary(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The figures in the issue's shape, as means over the seeds, and what the claims rest
+    on: the new task's score added against trained with the others from the start (per-seed
+    differences and their 95% t-interval), whether the old tasks stayed identical on every
+    seed, and what the shared LoRA forgot."""
+    runs = list(seeds.values())
+    new = list(runs[0]["mta_add"]["new_task"])
+    old = list(runs[0]["mta_add"]["old_tasks"])
+
+    def mean_of(path: Callable[[dict], float]) -> float:
+        return _mean([path(run) for run in runs])
+
+    def before_after(system: str) -> dict[str, dict[str, float]]:
+        return {task: {when: mean_of(lambda run: run[system]["old_tasks"][task][when]) for when in ("before", "after")}
+                for task in old}
+
+    found: dict[str, Any] = {
+        "seeds": sorted(int(seed) for seed in seeds),
+        "mta_add": {"seconds": mean_of(lambda run: run["mta_add"]["seconds"]),
+                    "new_task": {task: mean_of(lambda run: run["mta_add"]["new_task"][task]) for task in new},
+                    "old_tasks": before_after("mta_add"),
+                    "old_tasks_identical_on_every_seed": all(run["mta_add"]["old_tasks_identical"] for run in runs)},
+        **{system: {"seconds": mean_of(lambda run: run[system]["seconds"]),
+                    "scores": {task: mean_of(lambda run: run[system]["scores"][task]) for task in old + new}}
+           for system in ("mta_all", "shared_lora_retrain")},
+        "shared_lora_new_only": {"seconds": mean_of(lambda run: run["shared_lora_new_only"]["seconds"]),
+                                 "new_task": {task: mean_of(lambda run: run["shared_lora_new_only"]["new_task"][task])
+                                              for task in new},
+                                 "old_tasks": before_after("shared_lora_new_only")},
+    }
+    found["added_minus_all_from_the_start"] = {}
+    for task in new:
+        differences = [round(run["mta_add"]["new_task"][task] - run["mta_all"]["scores"][task], 2) for run in runs]
+        found["added_minus_all_from_the_start"][task] = {
+            "per_seed": differences, "mean": _mean(differences), "t95": seed_t_interval(differences),
+            "spread_added": _spread([run["mta_add"]["new_task"][task] for run in runs]),
+            "spread_all": _spread([run["mta_all"]["scores"][task] for run in runs])}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="configs/quickstart.yaml")
@@ -157,7 +208,7 @@ def main() -> None:
         found["seeds"][str(seed)] = run_seed(base, add, seed, args.runs)
         print(json.dumps({seed: found["seeds"][str(seed)]}, indent=1), flush=True)
         if args.json:
-            args.json.write_text(json.dumps(found, indent=1) + "\n")
+            args.json.write_text(json.dumps({**found, "summary": summary(found["seeds"])}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

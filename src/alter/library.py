@@ -10,6 +10,7 @@ from typing import Any
 
 from alter.config import Config, ConfigError, DataConfig, EvalConfig, LoggingConfig, StageConfig
 from alter.data.builtin import BUILTIN_TASKS
+from alter.data.spec import TaskSpec
 from alter.evaluate.report_data import Report
 from alter.models.mta_model import MTAModel
 from alter.training.run import run_training
@@ -47,11 +48,14 @@ def train(model: MTAModel, stages: Sequence[StageConfig | dict], output_dir: str
 
 def _user_specs(model: MTAModel) -> list[Any]:
     """The specs of the model's tasks that are not built in (a config's `custom_tasks`)."""
+    def data_of(spec: TaskSpec) -> TaskSpec:  # how it writes is the model's own choice
+        return spec.model_copy(update={"generation": None})
+
     builtin = {spec.name: spec for spec in BUILTIN_TASKS}
     specs = []
     for task in model.tasks:
         if task.name not in builtin:
             specs.append(task.spec)
-        elif builtin[task.name] != task.spec:
+        elif data_of(builtin[task.name]) != data_of(task.spec):
             raise ConfigError(f"task {task.name}: a built-in task has this name; give your task another name")
     return specs
