@@ -2,13 +2,13 @@
 
     alter_requests_total{task, status}     items answered, by task and HTTP status
     alter_request_seconds{task}            latency histogram (a stream: until its first event)
+    alter_queue_depth                      items waiting for the worker
+    alter_running_rows                     generations in the running batch (continuous)
+    alter_generated_tokens_total           tokens written by generations
 
 A task label is one of the model's tasks or `(other)`: a client's unknown task names are
 counted under that one value, so no client can grow the series without bound (and no task
 can be named so: a task name holds no parentheses).
-    alter_queue_depth                      items waiting for the worker
-    alter_running_rows                     generations in the running batch (continuous)
-    alter_generated_tokens_total           tokens written by generations
 """
 
 from __future__ import annotations
