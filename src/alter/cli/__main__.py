@@ -1,0 +1,5 @@
+"""python -m alter.cli"""
+
+from alter.cli import app
+
+app()
