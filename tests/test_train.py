@@ -151,11 +151,15 @@ def test_the_settings_of_a_disabled_mta_module_do_not_stop_a_resume(tmp_path):
     assert "model.mta.enabled: False -> True" in resume_conflict(out, tiny(tmp_path, "baseline"))
 
 
-def test_predict_names_the_line_of_a_bad_request(finished, tmp_path):
+def _predict(finished, tmp_path, lines: str, task: str):
+    """`alter predict --task TASK` of the finished tiny model on a JSONL file of `lines`."""
     requests = tmp_path / "in.jsonl"
-    requests.write_text('{"sentence": "fine"}\n{"text": "wrong field"}\n')
-    result = runner.invoke(app, ["predict", f"{finished[0].output_dir}/model", "--task", "sst2",
-                                 "--input", str(requests)])
+    requests.write_text(lines)
+    return runner.invoke(app, ["predict", f"{finished[0].output_dir}/model", "--task", task, "--input", str(requests)])
+
+
+def test_predict_names_the_line_of_a_bad_request(finished, tmp_path):
+    result = _predict(finished, tmp_path, '{"sentence": "fine"}\n{"text": "wrong field"}\n', "sst2")
     assert result.exit_code == 2
     assert "in.jsonl:2: task sst2 needs input field(s) sentence" in result.output
 
@@ -172,10 +176,7 @@ def test_the_report_counts_the_inputs_cut_to_max_source_length(finished):
 
 
 def test_predict_blames_the_task_flag_not_the_file(finished, tmp_path):
-    requests = tmp_path / "in.jsonl"
-    requests.write_text('{"sentence": "fine"}\n')
-    result = runner.invoke(app, ["predict", f"{finished[0].output_dir}/model", "--task", "nope",
-                                 "--input", str(requests)])
+    result = _predict(finished, tmp_path, '{"sentence": "fine"}\n', "nope")
     assert result.exit_code == 2
     assert "--task" in result.output and "no task 'nope'" in result.output
     assert "in.jsonl:1" not in result.output
