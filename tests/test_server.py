@@ -188,7 +188,7 @@ def test_a_client_that_hangs_up_mid_stream_frees_its_row(predictor):
     slow = Predictor(predictor.model, batch_size=8, max_new_tokens=2000)
     app = create_app(slow)
     with serving(app) as port, socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        body = json.dumps({"requests": [{**DIALOGUE, "stream": True}]}).encode()
+        body = json.dumps({"requests": [{**DIALOGUE, "stream": True, "no_repeat_ngram_size": 0}]}).encode()  # long
         connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         assert b'data: {"piece"' in connection.recv(4096) + connection.recv(4096)
@@ -289,7 +289,8 @@ def test_a_request_not_answered_in_time_gets_504_and_frees_its_rows(predictor):
     slow = Predictor(predictor.model, batch_size=8, max_new_tokens=2000)
     app = create_app(slow, ServeConfig(request_timeout_s=0.5))
     with TestClient(app) as client:
-        response = client.post("/v1/predict", json={"requests": [DIALOGUE]})
+        # No repetition control: a tiny model's 260 tokens run out of unwritten 3-grams early.
+        response = client.post("/v1/predict", json={"requests": [{**DIALOGUE, "no_repeat_ngram_size": 0}]})
         assert response.status_code == 504 and "within 0.5 s" in response.json()["error"]
         scheduler = app.state.batcher.scheduler
         deadline = time.monotonic() + 30
