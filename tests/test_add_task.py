@@ -83,6 +83,23 @@ def stage1_only(tmp_path_factory):
     return config.output_dir + "/model"
 
 
+def test_an_added_task_starts_from_the_configs_seed_whatever_ran_before(trained, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from alter.config import load_config
+    from alter.training.add_task import add_tasks
+
+    config = load_config(_write(tmp_path / "add.yaml", ADDED))
+    weights = []
+    for run, draws in (("first", 0), ("second", 7)):
+        torch.rand(draws)  # a caller's own use of the global generator
+        add_tasks(trained, config.model_copy(update={"output_dir": str(tmp_path / run)}))
+        weights.append(load_file(str(tmp_path / run / "model" / "trained.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
 def test_replace_retrains_one_task_and_leaves_the_other(stage1_only, tmp_path):
     settings = {**ADDED, "data": {"tasks": ["sst2"], "max_train": 16, "max_eval": 4},
                 "stages": [ADDED["stages"][0]]}

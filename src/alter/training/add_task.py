@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from alter.config import Config, ConfigError, ModelConfig
 from alter.models.loading import load
 from alter.models.task_surgery import TaskSurgeryError, with_task_added, with_task_removed
@@ -34,6 +36,7 @@ def add_tasks(checkpoint: str | Path, config: Config, replace: Sequence[str] = (
                           "task trains its own expert, gate row and head")
     model = load(checkpoint, "none")  # run_training sets how it generates
     check_same_model(model.config, config.model, checkpoint)
+    torch.manual_seed(config.seed)  # the added experts' start follows the config's seed, not what ran before
     tasks = load_tasks(config)
     missing = [name for name in replace if name not in {task.name for task in tasks}]
     if missing:
