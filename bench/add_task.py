@@ -46,17 +46,19 @@ def training_seconds(report: dict[str, Any]) -> float:
 
 
 def scores(model, config: Config, names: list[str]) -> dict[str, float]:
-    """The main score of each of `names` on `config`'s evaluation examples of it."""
+    """The main score of each of `names` on `config`'s evaluation examples of it: for a model
+    that no run of its own has scored on them (a grown or tuned model, on the old tasks)."""
     tasks = [task for task in load_tasks(config) if task.name in names]
     sets = load_split(config, tasks, config.data.eval_split, training=False)
     metrics = evaluate(model, sets, config.eval)
     return {task.name: round(100 * main_score(task, metrics[task.name]), 2) for task in tasks}
 
 
-def new_task_scores(report: dict[str, Any], model, new: list[str]) -> dict[str, float]:
-    """The main score of each new task in a run's report (0-100)."""
+def report_scores(report: dict[str, Any], config: Config, names: list[str]) -> dict[str, float]:
+    """The main score of each of `names` in a run's report (0-100): its final evaluation, on
+    the same evaluation examples `scores` reads (not evaluated a second time)."""
     return {task.name: round(100 * main_score(task, report["metrics"][task.name]), 2)
-            for task in model.tasks if task.name in new}
+            for task in load_tasks(config) if task.name in names}
 
 
 def joint(config: Config, steps: int) -> list[StageConfig]:
@@ -98,29 +100,25 @@ def run_seed(base: Config, add: Config, seed: int, runs: Path) -> dict[str, Any]
     result: dict[str, Any] = {}
 
     base_report = run_training(base.model_copy(update={"output_dir": str(out / "base")}))
-    base_model = alter.load(out / "base" / "model")
     report = add_tasks(out / "base" / "model", add.model_copy(update={"output_dir": str(out / "mta_add")}))
-    grown = alter.load(out / "mta_add" / "model")
-    before, after = scores(base_model, base, old), scores(grown, base, old)
+    before, after = report_scores(base_report, base, old), scores(alter.load(out / "mta_add" / "model"), base, old)
     result["mta_add"] = {"seconds": training_seconds(report), "base_seconds": training_seconds(base_report),
-                         "new_task": new_task_scores(report, grown, new),
+                         "new_task": report_scores(report, add, new),
                          "old_tasks": {name: {"before": before[name], "after": after[name]} for name in old},
                          "old_tasks_identical": before == after}
 
     report = run_training(every.model_copy(update={"output_dir": str(out / "mta_all")}))
-    result["mta_all"] = {"seconds": training_seconds(report),
-                         "scores": scores(alter.load(out / "mta_all" / "model"), every, old + new)}
+    result["mta_all"] = {"seconds": training_seconds(report), "scores": report_scores(report, every, old + new)}
 
     lora_base = base.model_copy(update={"model": lora_model, "stages": joint(base, steps),
                                         "output_dir": str(out / "shared_lora_base")})
-    report = run_training(lora_base)
-    result["shared_lora_base"] = {"seconds": training_seconds(report)}
+    lora_base_report = run_training(lora_base)
+    result["shared_lora_base"] = {"seconds": training_seconds(lora_base_report)}
     retrain = joint(every, steps + add.stages[0].steps)  # the same examples as base + add, at once
     report = run_training(every.model_copy(update={"model": lora_model, "stages": retrain,
                                                    "output_dir": str(out / "shared_lora_retrain")}))
     result["shared_lora_retrain"] = {"seconds": training_seconds(report),
-                                     "scores": scores(alter.load(out / "shared_lora_retrain" / "model"), every,
-                                                      old + new)}
+                                     "scores": report_scores(report, every, old + new)}
 
     # The shared adapter trained further on the new tasks alone: a model of those tasks that
     # starts from shared_lora_base's adapter (an LM head has no weights of a task's own).
@@ -131,11 +129,10 @@ def run_seed(base: Config, add: Config, seed: int, runs: Path) -> dict[str, Any]
                           build=lambda _config, _tasks: tuned)
     forgetting = MTAModel(lora_model, load_tasks(base))
     forgetting.load_trained(out / "shared_lora_new_only" / "model")
-    before = scores(alter.load(out / "shared_lora_base" / "model"), base, old)
-    after = scores(forgetting.eval(), base, old)
+    before, after = report_scores(lora_base_report, base, old), scores(forgetting.eval(), base, old)
     result["shared_lora_new_only"] = {
         "seconds": training_seconds(report),
-        "new_task": new_task_scores(report, tuned, new),
+        "new_task": report_scores(report, add, new),
         "old_tasks": {name: {"before": before[name], "after": after[name]} for name in old}}
     return result
 
