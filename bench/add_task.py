@@ -1,7 +1,8 @@
 """What adding a task to a trained MTA model costs and scores, against training everything
-again and against a shared LoRA, on the quickstart's model and tasks plus one new task.
+again and against a shared LoRA, on the quickstart's former model (bottleneck experts) and
+tasks plus one new task.
 
-    .venv/bin/python bench/add_task.py [--base configs/quickstart.yaml] [--add configs/add-aeslc.yaml] \
+    .venv/bin/python bench/add_task.py [--base configs/quickstart-bottleneck.yaml] [--add configs/add-aeslc.yaml] \
         [--seeds 0 1 2] [--runs runs/add-task] [--json docs/results/add-task.json]
 
 Per seed, each a resumable training run under `--runs` (run the script again to continue):
@@ -187,7 +188,7 @@ def summary(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default="configs/quickstart.yaml")
+    parser.add_argument("--base", default="configs/quickstart-bottleneck.yaml")
     parser.add_argument("--add", default="configs/add-aeslc.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", type=Path, default=Path("runs/add-task"))

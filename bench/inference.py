@@ -41,7 +41,8 @@ PER_TASK, NEW_TOKENS = 4, 40
 
 def build_model(backbone: str) -> MTAModel:
     registry = builtin_registry()
-    config = ModelConfig(backbone=backbone, max_source_length=128, mta=MTAConfig(rank=16, layers="all"))
+    config = ModelConfig(backbone=backbone, max_source_length=128,
+                         mta=MTAConfig(kind="bottleneck", rank=16, layers="all"))
     model = MTAModel(config, [registry.get(name) for name in TASKS]).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # experts that compute something, as after training

@@ -44,7 +44,8 @@ FORWARD_BATCH, PROMPT, NEW_TOKENS, PEFT_ADAPTERS = 16, 64, 32, 16
 def mta_model(location: str, experts: int, stage: str = "stage1") -> tuple[torch.nn.Module, list]:
     """The backbone with K experts in every layer, one task each; the stage's trainable parameters."""
     model = load(location)
-    config = MTAConfig(num_experts=experts, rank=16, layers="all", top_k=2 if stage == "stage2" else None)
+    config = MTAConfig(kind="bottleneck", num_experts=experts, rank=16, layers="all",
+                       top_k=2 if stage == "stage2" else None)
     layers = inject_mta(model, config, ExpertPlan(torch.arange(experts), experts))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # experts that compute something, as after training

@@ -1,5 +1,6 @@
-"""Time one training step on SmolLM2-135M (batch 8 x 128 tokens) for MTA stage 1, MTA stage 2,
-PEFT LoRA (r=8 on q_proj, v_proj) and full fine-tuning, side by side in one run.
+"""Time one training step on SmolLM2-135M (batch 8 x 128 tokens) for MTA stage 1 and stage 2
+with bottleneck experts, MTA stage 1 with the default experts (LoRA r=8 on q_proj, v_proj and a
+shared expert), PEFT LoRA (r=8 on q_proj, v_proj) and full fine-tuning, side by side in one run.
 
     .venv/bin/python bench/train_step.py [--rounds 3] [--json] [--only METHOD] [--backbone NAME]
 
@@ -20,11 +21,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alter.backbones import resolve_backbone
-from alter.mta import MTAConfig, inject_mta, routing
+from alter.mta import ExpertModule, MTAConfig, inject_mta, routing
 from alter.mta.plan import ExpertPlan
 
 BATCH, LENGTH, TASKS = 8, 128, 4
-METHODS = ["mta_stage1", "mta_stage2", "peft_lora", "full"]
+METHODS = ["mta_stage1", "mta_stage2", "mta_default_stage1", "peft_lora", "full"]
 
 
 def load(location: str) -> torch.nn.Module:
@@ -33,16 +34,19 @@ def load(location: str) -> torch.nn.Module:
     return model
 
 
-def mta_model(location: str, stage: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+def mta_model(location: str, stage: str, config: MTAConfig | None = None) -> tuple[torch.nn.Module,
+                                                                                  list[torch.nn.Parameter]]:
+    """Bottleneck experts (rank 16) in every layer, one per task; or `config`'s experts."""
     model = load(location)
-    config = MTAConfig(num_experts=TASKS, rank=16, layers="all")
-    layers = inject_mta(model, config, ExpertPlan(torch.arange(TASKS), TASKS))
+    config = config or MTAConfig(kind="bottleneck", num_experts=TASKS, rank=16, layers="all")
+    layers = inject_mta(model, config, ExpertPlan(torch.arange(TASKS), TASKS, shared=config.shared_expert))
     if stage == "stage2":
         for layer in layers:
             layer.gate.start_collaboration("softmax", 0.8)
         params = [p for layer in layers for p in layer.gate.parameters()]
     else:
-        params = [p for layer in layers for p in layer.experts.parameters()]
+        params = [p for module in model.modules() if isinstance(module, ExpertModule)
+                  for p in module.expert_parameters()]
     for param in params:
         param.requires_grad_(True)
     return model, params
@@ -97,6 +101,7 @@ def main() -> None:
     builders = {
         "mta_stage1": lambda: (*mta_model(location, "stage1"), True),
         "mta_stage2": lambda: (*mta_model(location, "stage2"), True),
+        "mta_default_stage1": lambda: (*mta_model(location, "stage1", MTAConfig(num_experts=TASKS)), True),
         "peft_lora": lambda: (*peft_model(location), False),
         "full": lambda: (*full_model(location), False),
     }
@@ -125,9 +130,9 @@ def main() -> None:
         return
     print(f"one training step, SmolLM2-135M, batch {BATCH} x {LENGTH}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds}")
-    print(f"{'method':<12} {'tokens/s':>9} {'x PEFT LoRA':>12} {'trainable':>12}")
+    print(f"{'method':<19} {'tokens/s':>9} {'x PEFT LoRA':>12} {'trainable':>12}")
     for name in builders:
-        print(f"{name:<12} {tokens_per_s[name]:>9.1f} {ratios[name]:>12.3f} {trainable[name]:>12,}")
+        print(f"{name:<19} {tokens_per_s[name]:>9.1f} {ratios[name]:>12.3f} {trainable[name]:>12,}")
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ class Scripted:
 
 
 def _model(registry, head="classifier", **mta):
+    """One LoRA expert per task and no shared one (per-task stopping needs weights no two tasks share)."""
     torch.manual_seed(0)
-    return MTAModel(model_config("tiny-bert", head=head, kind="lora", rank=2, **mta),
+    return MTAModel(model_config("tiny-bert", head=head, kind="lora", rank=2, **{"shared_expert": False, **mta}),
                     [registry.get(name) for name in RATES])
 
 

@@ -40,26 +40,38 @@ def test_each_expert_s_share_is_the_rate_of_its_tasks_and_a_shared_expert_serves
     model = MTAModel(model_config("tiny-llama", shared_expert=True), tasks)
     shares = routed_shares(model, ["rte", "sst2", "stsb"], [0.5, 0.3, 0.2])
     torch.testing.assert_close(shares, torch.tensor([0.3, 0.2, 0.5, 1.0]))
-    grouped = MTAModel(model_config("tiny-llama", assignment={"sst2": 0, "stsb": 0, "rte": 1}, num_experts=2), tasks)
+    grouped = MTAModel(model_config("tiny-llama", assignment={"sst2": 0, "stsb": 0, "rte": 1}, num_experts=2,
+                                    shared_expert=False), tasks)
     torch.testing.assert_close(routed_shares(grouped, ["sst2", "stsb", "rte"], [0.3, 0.2, 0.5]),
                                torch.tensor([0.5, 0.5]))
 
 
+def _moved_after_one_step(registry, samples, folder, expert_lr: str, shared_expert: bool) -> torch.Tensor:
+    """How far each expert's lora_B moved in one stage-1 step, (K,) or (K + 1,)."""
+    tasks = [registry.get("sst2"), registry.get("stsb")]
+    torch.manual_seed(0)
+    model = MTAModel(model_config("tiny-llama", kind="lora", rank=2, shared_expert=shared_expert), tasks)
+    lora = next(module for module in model.modules() if isinstance(module, LoRAExpertLinear))
+    before = lora.lora_B.detach().clone()  # zero: lora_A gets no gradient at the first step
+    stage = StageConfig(kind="stage1", steps=1, lr=1e-2, warmup_ratio=0.0, expert_lr=expert_lr)
+    data = stage_rows(model, samples, {"sst2": 0.75, "stsb": 0.25})
+    train_stage(model, stage, data, folder / f"{expert_lr}-{shared_expert}", RunLog(folder / "log"), 0)
+    return (lora.lora_B.detach() - before).abs().sum(dim=(1, 2))
+
+
 def test_a_stage_with_routed_shares_moves_each_expert_by_its_share(registry, samples, tmp_path):
     """After one step from zero Adam state, an expert's update is its share of the plain one."""
-    tasks = [registry.get("sst2"), registry.get("stsb")]
-    moved = {}
-    for expert_lr in ("same", "routed_share"):
-        torch.manual_seed(0)
-        model = MTAModel(model_config("tiny-llama", kind="lora", rank=2, shared_expert=True), tasks)
-        lora = next(module for module in model.modules() if isinstance(module, LoRAExpertLinear))
-        before = lora.lora_B.detach().clone()  # zero: lora_A gets no gradient at the first step
-        stage = StageConfig(kind="stage1", steps=1, lr=1e-2, warmup_ratio=0.0, expert_lr=expert_lr)
-        data = stage_rows(model, samples, {"sst2": 0.75, "stsb": 0.25})
-        train_stage(model, stage, data, tmp_path / expert_lr, RunLog(tmp_path / "log"), 0)
-        moved[expert_lr] = (lora.lora_B.detach() - before).abs().sum(dim=(1, 2))  # (K + 1,)
+    moved = {rule: _moved_after_one_step(registry, samples, tmp_path, rule, True) for rule in ("same", "routed_share")}
     assert (moved["same"] > 0).all()  # every expert served some row
     torch.testing.assert_close(moved["routed_share"], moved["same"] * torch.tensor([0.75, 0.25, 1.0]))
+
+
+@pytest.mark.parametrize("shared_expert, like", [(True, "routed_share"), (False, "same")])
+def test_the_default_rule_routes_shares_where_a_shared_expert_trains_beside_task_experts(registry, samples, tmp_path,
+                                                                                         shared_expert, like):
+    assert StageConfig(kind="stage1").expert_lr == "auto"
+    auto = _moved_after_one_step(registry, samples, tmp_path, "auto", shared_expert)
+    torch.testing.assert_close(auto, _moved_after_one_step(registry, samples, tmp_path, like, shared_expert))
 
 
 def test_routed_shares_without_experts_is_a_clear_error(registry, samples, tmp_path):
@@ -69,7 +81,6 @@ def test_routed_shares_without_experts_is_a_clear_error(registry, samples, tmp_p
     with pytest.raises(ValueError, match="expert_lr=routed_share needs MTA experts"):
         data = stage_rows(model, samples, {"sst2": 0.75, "stsb": 0.25})
         train_stage(model, stage, data, tmp_path, RunLog(tmp_path / "log"), 0)
-
 
 
 def test_one_task_batches_leave_the_other_tasks_experts_where_they_are(registry, samples, tmp_path, monkeypatch):

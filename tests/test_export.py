@@ -68,7 +68,8 @@ def test_a_shared_peft_lora_merges_into_a_plain_model(registry, samples, tmp_pat
 
 
 def test_bottleneck_experts_travel_as_a_checkpoint_with_its_backbone(registry, samples, tmp_path):
-    model = MTAModel(model_config("tiny-llama"), [registry.get("sst2"), registry.get("dialogsum")]).eval()
+    model = MTAModel(model_config("tiny-llama", kind="bottleneck"),
+                     [registry.get("sst2"), registry.get("dialogsum")]).eval()
     randomise_experts(model)
     card = export_task(model, "sst2", tmp_path / "out")
     assert card["format"] == "alter" and "bottleneck experts are not LoRA" in card["note"]
@@ -148,7 +149,7 @@ def test_a_shared_peft_lora_exports_as_itself(registry, samples, tmp_path):
 
 
 def test_what_cannot_be_a_peft_adapter_is_refused_with_what_to_use(registry, tmp_path):
-    bottleneck = MTAModel(model_config("tiny-llama"), [registry.get("sst2")])
+    bottleneck = MTAModel(model_config("tiny-llama", kind="bottleneck"), [registry.get("sst2")])
     with pytest.raises(ValueError, match="bottleneck experts are not LoRA; use --format alter"):
         export_task(bottleneck, "sst2", tmp_path / "a", format="peft")
     routed = MTAModel(model_config("tiny-llama", kind="lora", gate="task+input"), [registry.get("sst2")])

@@ -48,7 +48,8 @@ def test_a_model_of_64_tasks_trains_saves_loads_and_serves_mixed_batches(tmp_pat
     assert len(report["metrics"]) == TASKS + 1
     model = alter.load(tmp_path / "run" / "model")
     gate = model.mta_layers[0].gate
-    assert gate.num_experts == (experts or TASKS + 1) and gate.most_selected == 2  # pruned: two experts a row
+    # pruned: two routed experts a row, and the shared one
+    assert gate.num_experts == (experts or TASKS + 1) and gate.most_selected == 2 + 1
     if experts:
         assert gate.assignment.tolist() == [i % experts for i in range(TASKS + 1)]
 

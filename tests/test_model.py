@@ -31,7 +31,7 @@ def test_save_then_load_gives_identical_logits_and_tokens(registry, samples, tmp
     model.start_collaboration("softmax", 0.7)
     examples = [e for name in names for e in samples[name][:3]]
     model.save(tmp_path / "model")
-    loaded = alter.load(tmp_path / "model")
+    loaded = alter.load(tmp_path / "model", "none")  # float32, as the model it was saved from
     with torch.no_grad():
         assert torch.equal(model(model.encode(examples)), loaded(loaded.encode(examples)))
     assert model.predict(examples, max_new_tokens=8, num_beams=2) == loaded.predict(examples, max_new_tokens=8,

@@ -9,7 +9,8 @@ import alter
 from alter.config import StageConfig
 from alter.data.collate import Encoded
 from alter.models.mta_model import MTAModel
-from alter.mta import RoutingError
+from alter.mta import MTAConfig, RoutingError
+from alter.mta.experts import LoRAExpertLinear
 from alter.mta.inject import UnsupportedBackboneError
 from alter.training.stages import prepare_stage
 from tests.conftest import FAMILIES, examples_for, model_config, randomise_experts, tasks_for
@@ -89,11 +90,17 @@ def test_stage2_trains_only_the_gates(registry, samples):
 
 def test_softmax_stage2_gates_start_near_the_assignment(registry):
     model = MTAModel(model_config("tiny-llama"), tasks_for(registry, "lm"))
-    weights = model.task_gate_weights()  # (L, tasks, K)
-    assert torch.equal(weights[0], torch.eye(3))  # stage 1: one expert per task
+    weights = model.task_gate_weights()  # (L, tasks, K + 1): the shared expert last
+    assert torch.equal(weights[0], _stage1_gates(3))  # stage 1: one expert per task, and the shared one
     model.start_collaboration("softmax", 0.8)
     weights = model.task_gate_weights()
-    torch.testing.assert_close(weights.diagonal(dim1=1, dim2=2), torch.full((2, 3), 0.8))
+    torch.testing.assert_close(weights[..., :3].diagonal(dim1=1, dim2=2), torch.full((2, 3), 0.8))
+    assert (weights[..., 3] == 1).all()
+
+
+def _stage1_gates(tasks: int) -> torch.Tensor:
+    """(tasks, tasks + 1): each task's own expert, and the shared expert (the default) at weight 1."""
+    return torch.cat([torch.eye(tasks), torch.ones(tasks, 1)], dim=1)
 
 
 @pytest.mark.parametrize("backbone,head", FAMILIES[:3])
@@ -110,7 +117,7 @@ def test_residual_stage2_starts_from_the_stage1_model(registry, samples, backbon
     model.eval()
     # Stage 1 computes each row's own expert alone, stage 2 every expert: equal up to rounding.
     torch.testing.assert_close(model(rows).detach(), stage1, atol=1e-6, rtol=1e-6)
-    assert torch.equal(model.task_gate_weights()[0], torch.eye(len(tasks)))
+    assert torch.equal(model.task_gate_weights()[0], _stage1_gates(len(tasks)))
     model(rows).mean().backward()
     logits = [param for name, param in trainable.items() if name.endswith("task_logits")]
     off_own = ~torch.eye(len(tasks), dtype=torch.bool)
@@ -119,7 +126,7 @@ def test_residual_stage2_starts_from_the_stage1_model(registry, samples, backbon
 
 def test_top_k_and_shared_expert(registry, samples):
     tasks = tasks_for(registry, "lm")
-    model = MTAModel(model_config("tiny-llama", num_experts=4, top_k=2, shared_expert=True), tasks)
+    model = MTAModel(model_config("tiny-llama", kind="bottleneck", num_experts=4, top_k=2, shared_expert=True), tasks)
     model.start_collaboration("softmax", 0.7)
     weights = model.task_gate_weights()
     assert weights.shape == (2, 3, 5)  # four routed experts and the shared one, last
@@ -169,6 +176,29 @@ def test_lora_experts_in_attention_route_every_row_to_its_task(registry, samples
         single = torch.cat([model(model.encode([e for e in examples if e.task == t.name])) for t in tasks])
         assert not torch.allclose(mixed, plain(plain.encode(examples)))
     torch.testing.assert_close(mixed, single, atol=1e-5, rtol=1e-5)
+
+
+DEFAULT_TARGETS = {"tiny-llama": {"q_proj", "v_proj"}, "tiny-t5": {"q", "v"}, "tiny-gpt2": {"c_attn"},
+                   "tiny-bert": {"query", "value"}, "tiny-bart": {"q_proj", "v_proj"}}
+
+
+@pytest.mark.parametrize("backbone, head", FAMILIES)
+def test_the_default_experts_are_lora_on_the_attention_s_query_and_value_beside_a_shared_one(registry, backbone,
+                                                                                              head):
+    tasks = tasks_for(registry, head)
+    model = MTAModel(model_config(backbone, head), tasks)
+    wrapped = {name.rpartition(".")[2] for name, module in model.backbone.named_modules()
+               if isinstance(module, LoRAExpertLinear)}
+    assert wrapped == DEFAULT_TARGETS[backbone]  # where PEFT puts LoRA in the family
+    assert model.expert_plan.shared and model.expert_plan.total == len(tasks) + 1
+    assert {module.lora_A.shape[-1] for module in model.backbone.modules()
+            if isinstance(module, LoRAExpertLinear)} == {8}  # rank 8 (A is (K, in, r))
+
+
+def test_bottleneck_experts_keep_the_settings_they_were_measured_with():
+    assert (MTAConfig(kind="bottleneck").rank, MTAConfig(kind="bottleneck").shared_expert) == (16, False)
+    assert MTAConfig(kind="bottleneck", rank=4, shared_expert=True).shared_expert
+    assert not MTAConfig(kind="ffn_copy").shared_expert
 
 
 def test_an_unknown_lora_target_names_the_block_s_linear_layers(registry):

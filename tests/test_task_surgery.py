@@ -14,14 +14,19 @@ def _scores(model, examples):
     return model.predict(examples, max_new_tokens=4)
 
 
+EXPERTS = {"bottleneck": {"kind": "bottleneck"}, "lora_attention": {"kind": "lora"},
+           "lora_ffn": {"kind": "lora", "targets": "ffn"}}
+
+
 @pytest.mark.parametrize("backbone, head", FAMILIES)
-@pytest.mark.parametrize("kind", ["bottleneck", "lora"])
+@pytest.mark.parametrize("experts", EXPERTS)
 @pytest.mark.parametrize("collaboration", [None, "residual", "softmax"])
 @pytest.mark.parametrize("shared_expert", [False, True])
-def test_old_tasks_answer_exactly_as_before(registry, samples, backbone, head, kind, collaboration, shared_expert):
+def test_old_tasks_answer_exactly_as_before(registry, samples, backbone, head, experts, collaboration, shared_expert):
     tasks = tasks_for(registry, head)
     old_tasks, new_task = tasks[:-1], tasks[-1]
-    model = MTAModel(model_config(backbone, head, kind=kind, rank=4, shared_expert=shared_expert), old_tasks).eval()
+    model = MTAModel(model_config(backbone, head, **EXPERTS[experts], rank=4, shared_expert=shared_expert),
+                     old_tasks).eval()
     if collaboration:
         model.begin_stage(StageConfig(kind="stage2", steps=1, collaboration=collaboration))
     randomise_experts(model)
@@ -61,6 +66,31 @@ def test_the_grown_model_saves_and_loads_with_its_groups(registry, samples, tmp_
     loaded = alter.load(tmp_path / "grown", "none")
     assert loaded.config.mta.expert_groups == [2, 1]
     assert loaded.predict(examples, max_new_tokens=4) == expected
+
+
+def test_a_folder_saved_before_the_current_defaults_loads_as_it_was_made_and_takes_a_task(registry, samples,
+                                                                                          tmp_path):
+    import json
+
+    import alter
+
+    tasks = tasks_for(registry, "lm")
+    model = MTAModel(model_config("tiny-llama", "lm", kind="lora", rank=4, targets="ffn", shared_expert=False),
+                     tasks[:-1]).eval()
+    randomise_experts(model)
+    examples = [e for e in examples_for(samples, "lm") if e.task != tasks[-1].name]
+    expected = model.predict(examples, max_new_tokens=4)
+    model.save(tmp_path / "old")
+    meta_path = tmp_path / "old" / "alter.json"
+    meta = json.loads(meta_path.read_text())
+    for field in ("targets", "shared_expert", "expert_groups"):  # written by code older than these fields
+        del meta["model"]["mta"][field]
+    meta_path.write_text(json.dumps(meta))
+    loaded = alter.load(tmp_path / "old", "none")
+    assert (loaded.config.mta.targets, loaded.config.mta.shared_expert) == ("ffn", False)
+    assert loaded.predict(examples, max_new_tokens=4) == expected
+    grown = with_task_added(loaded, tasks[-1])
+    assert grown.predict(examples, max_new_tokens=4) == expected
 
 
 def test_what_cannot_take_a_task_says_why(registry):
@@ -149,6 +179,7 @@ def test_removing_an_added_task_leaves_the_others_as_they_were(registry, samples
                                                                collaboration):
     tasks = tasks_for(registry, head)
     model = MTAModel(model_config(backbone, head, kind=kind, rank=4), tasks[:-1]).eval()
+    shared = model.expert_plan.shared  # the default for LoRA experts
     if collaboration:
         model.begin_stage(StageConfig(kind="stage2", steps=1, collaboration=collaboration))
     randomise_experts(model)
@@ -161,6 +192,8 @@ def test_removing_an_added_task_leaves_the_others_as_they_were(registry, samples
     with torch.no_grad():
         for (name, new), old in zip(grown.param_groups()["experts"].items(), model.param_groups()["experts"].values()):
             new[: model.expert_plan.routed] = old[: model.expert_plan.routed]
+            if shared:  # the last expert of both
+                new[-1] = old[-1]
     reduced = with_task_removed(grown, tasks[-1].name)
     assert [task.name for task in reduced.tasks] == [task.name for task in tasks[:-1]]
     assert reduced.expert_plan.total == model.expert_plan.total and reduced.config.mta.expert_groups is None

@@ -2,8 +2,7 @@
 
     import alter
 
-    model = alter.MTAModel.from_backbone("smollm2-135m", tasks=["sst2", "rte"],
-                                         mta=alter.MTAConfig(kind="lora", rank=8))
+    model = alter.MTAModel.from_backbone("smollm2-135m", tasks=["sst2", "rte"])
     result = alter.train(model, [alter.Stage("stage1", steps=100), alter.Stage("stage2", steps=10)],
                          output_dir="runs/mine")
     model.save("out/")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -32,14 +32,25 @@ class SharedLoraConfig(_Strict):
     targets: list[str] = ["q_proj", "v_proj"]
 
 
+UNFITTED_SOURCE_LENGTH = 256  # the fixed default before `auto`
+
+
 class ModelConfig(_Strict):
     backbone: str = "smollm2-135m"
     head: Literal["lm", "classifier"] = "lm"
     pooling: Literal["first", "mean", "last"] | None = None  # classifier head; default by family
-    max_source_length: int = Field(default=256, ge=8)
+    # Prompt tokens kept (the longest input field is shortened); `auto`: fitted to the training
+    # data when a training run starts (alter.training.source_length).
+    max_source_length: Annotated[int, Field(ge=8)] | Literal["auto"] = "auto"
     max_target_length: int = Field(default=64, ge=1)
     mta: MTAConfig = MTAConfig()
     lora: SharedLoraConfig | None = None  # a PEFT LoRA adapter in the backbone (baselines)
+
+    @property
+    def source_tokens(self) -> int:
+        """max_source_length in tokens; a model that no training run has fitted yet (`auto`)
+        keeps UNFITTED_SOURCE_LENGTH."""
+        return UNFITTED_SOURCE_LENGTH if self.max_source_length == "auto" else self.max_source_length
 
 
 class TaskRef(_Strict):
@@ -176,8 +187,10 @@ class StageConfig(_Strict):
     gate_layers: Literal["each", "tied"] = "each"
     # How far each expert steps (alter.training.expert_lr): `same`, every expert at `lr`;
     # `routed_share`, each at `lr` times the share of the batch's rows routed to it in
-    # stage 1 (a shared expert: all of them), as if it trained on its rows alone.
-    expert_lr: Literal["same", "routed_share"] = "same"
+    # stage 1 (a shared expert: all of them), as if it trained on its rows alone; `auto`,
+    # routed_share where it was measured best (mixed batches that train task experts beside a
+    # shared expert, docs/results.md "Transfer: what makes task experts pay"), else same.
+    expert_lr: Literal["auto", "same", "routed_share"] = "auto"
     # After the stage (stage2, joint): every row keeps its `prune_to` largest gate weights,
     # renormalised, so that it computes that many experts however many there are; the
     # model is scored before pruning as well (`after_<stage>_unpruned`).

@@ -111,7 +111,7 @@ class BiLSTMModel(nn.Module):
         ids: list[int] = []
         for text in inputs.values():
             ids += self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos]
-        limit = self.config.max_source_length
+        limit = self.config.source_tokens
         return ids[:limit], len(ids) > limit
 
     def forward(self, rows: Sequence[Encoded]) -> torch.Tensor:

@@ -72,7 +72,7 @@ class LMHead(DeviceAware):
 
     # --- encoding -----------------------------------------------------------------------
     def encode(self, task_id: int, task: Task, example: Example, tokenizer, with_target: bool) -> Encoded:
-        prompt, truncated = encode_prompt(tokenizer, task, example.inputs, self.config.max_source_length)
+        prompt, truncated = encode_prompt(tokenizer, task, example.inputs, self.config.source_tokens)
         if not with_target or example.target is None:
             return Encoded(task_id, prompt, truncated=truncated)
         target_ids = encode_target(tokenizer, task.target_text(example), self.config.max_target_length,
@@ -301,7 +301,7 @@ class ClassifierHead(DeviceAware):
         return list(self.heads[self.task_names[task_id]].parameters())
 
     def encode(self, task_id: int, task: Task, example: Example, tokenizer, with_target: bool) -> Encoded:
-        prompt, truncated = encode_prompt(tokenizer, task, example.inputs, self.config.max_source_length)
+        prompt, truncated = encode_prompt(tokenizer, task, example.inputs, self.config.source_tokens)
         value = task.label_index(example) if with_target and example.target is not None else None
         return Encoded(task_id, prompt, target=value, truncated=truncated)
 

@@ -55,11 +55,20 @@ def write_saved(directory: str | Path, architecture: str, config: ModelConfig, t
     return directory
 
 
+# alter.json holds every field of the MTA config it was written with; a field it lacks is one
+# added since, and the folder was made by code that behaved as these values do (the defaults
+# before the LoRA-on-attention design became the default).
+_MTA_BEFORE_FIELDS = {"kind": "bottleneck", "rank": 16, "shared_expert": False, "targets": "ffn"}
+
+
 def read_saved(directory: str | Path) -> SavedFolder:
     """The folder's `alter.json`, its model config and its tasks; see `read_meta` for the errors."""
     meta = read_meta(Path(directory))
     tasks = [Task(TaskSpec.model_validate(spec)) for spec in meta["tasks"]]
-    return SavedFolder(meta, ModelConfig.model_validate(meta["model"]), tasks)
+    model = dict(meta["model"])
+    if isinstance(model.get("mta"), dict):
+        model["mta"] = {**_MTA_BEFORE_FIELDS, **model["mta"]}
+    return SavedFolder(meta, ModelConfig.model_validate(model), tasks)
 
 
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:

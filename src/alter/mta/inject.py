@@ -1,14 +1,16 @@
 """Find each block's feed-forward sublayer in a Hugging Face backbone and attach MTA layers.
 
 One small map per model family names the block lists and, inside a block, the FFN's first
-and last modules. Nothing of the backbone's code is changed: MTA layers are added as child
-modules named `mta` of their blocks and run from forward hooks.
+and last modules; LoRA experts on the attention go where PEFT puts LoRA for the family (its
+query and value layers). Nothing of the backbone's code is changed: MTA layers are added as
+child modules named `mta` of their blocks and run from forward hooks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_LORA_TARGETS
 from torch import nn
 
 from alter.mta.config import MTAConfig
@@ -99,7 +101,8 @@ def ffn_map(model_type: str) -> FFNMap:
 
 def inject_mta(backbone: nn.Module, config: MTAConfig, plan: ExpertPlan) -> list[MTALayer]:
     """Attach one MTA layer to each selected block; returns the layers in order."""
-    family = ffn_map(backbone.config.model_type)
+    model_type = backbone.config.model_type
+    family = ffn_map(model_type)
     hidden_size = backbone.config.hidden_size
     num_experts = plan.total
     if config.kind == "ffn_copy" and len(plan.groups) > 1:
@@ -107,7 +110,7 @@ def inject_mta(backbone: nn.Module, config: MTAConfig, plan: ExpertPlan) -> list
     if config.kind == "ffn_copy" and (config.shared_expert or not family.single_module):
         raise ValueError(
             "mta.kind=ffn_copy needs an FFN that is one module and no shared expert "
-            f"(model type '{backbone.config.model_type}', shared_expert={config.shared_expert})"
+            f"(model type '{model_type}', shared_expert={config.shared_expert})"
         )
     layers: list[MTALayer] = []
     for stack, suffix in family.stacks.items():
@@ -118,14 +121,14 @@ def inject_mta(backbone: nn.Module, config: MTAConfig, plan: ExpertPlan) -> list
             block = blocks[block_index]
             layer = MTALayer(len(layers), stack, block_index, hidden_size, plan, config)
             block.add_module("mta", layer)
-            _attach(layer, block, family, hidden_size, num_experts, config, plan.groups)
+            _attach(layer, block, family, model_type, hidden_size, num_experts, config, plan.groups)
             layers.append(layer)
     if not layers:
         raise UnsupportedBackboneError(f"found no transformer blocks in {type(backbone).__name__}")
     return layers
 
 
-def _attach(layer: MTALayer, block: nn.Module, family: FFNMap, hidden_size: int,
+def _attach(layer: MTALayer, block: nn.Module, family: FFNMap, model_type: str, hidden_size: int,
             num_experts: int, config: MTAConfig, expert_groups: list[list[int]]) -> None:
     if config.kind == "ffn_copy":
         layer.experts = FFNCopyExperts(_resolve(block, family.ffn_in), num_experts)
@@ -134,12 +137,8 @@ def _attach(layer: MTALayer, block: nn.Module, family: FFNMap, hidden_size: int,
     if config.kind == "bottleneck":
         layer.experts = BottleneckExperts(num_experts, hidden_size, config.rank, config.dropout, expert_groups)
         _resolve(block, family.ffn_out).register_forward_hook(layer.after_ffn)
-    else:  # LoRA experts live inside linear layers (the FFN's by default) and read the layer's gate slot.
-        ffn = _resolve(block, family.ffn_in)
-        targets = config.targets or family.lora_targets or tuple(
-            f"{family.ffn_in}.{name}" for name, module in ffn.named_modules() if name and _is_linear(module)
-        )
-        for path in targets:
+    else:  # LoRA experts live inside linear layers (the attention's by default), reading the layer's gate slot.
+        for path in lora_target_paths(block, family, model_type, config.targets):
             try:
                 base = _resolve(block, path)
             except (AttributeError, IndexError):
@@ -148,11 +147,32 @@ def _attach(layer: MTALayer, block: nn.Module, family: FFNMap, hidden_size: int,
                                                f"its linear layers: {', '.join(linears)}") from None
             _replace(block, path, LoRAExpertLinear(base, num_experts, config.rank, config.lora_alpha,
                                                    layer.slot, config.dropout, expert_groups))
-        if config.targets:  # experts outside the FFN (e.g. in attention): gates before the block runs
+        if config.targets != "ffn":  # experts outside the FFN (e.g. in attention): gates before the block runs
             block.register_forward_pre_hook(layer.before_experts, with_kwargs=True)
             return
     # Registered last, on the module that now stands at ffn_in (a LoRA wrapper may have replaced it).
     _resolve(block, family.ffn_in).register_forward_pre_hook(layer.before_experts, with_kwargs=True)
+
+
+def lora_target_paths(block: nn.Module, family: FFNMap, model_type: str,
+                      targets: str | list[str]) -> tuple[str, ...]:
+    """Paths inside `block` of the linear layers that LoRA experts wrap (`mta.targets`)."""
+    if isinstance(targets, list):
+        return tuple(targets)
+    if targets == "ffn":
+        ffn = _resolve(block, family.ffn_in)
+        return family.lora_targets or tuple(
+            f"{family.ffn_in}.{name}" for name, module in ffn.named_modules() if name and _is_linear(module))
+    # PEFT names the layers by their last name (q_proj, v_proj; query, value; GPT-2's fused c_attn);
+    # the Llama-like families it does not list yet use Llama's names.
+    names = set(PEFT_LORA_TARGETS.get(model_type) or ("q_proj", "v_proj"))
+    paths = tuple(path for path, module in block.named_modules()
+                  if path.rpartition(".")[2] in names and _is_linear(module))
+    if not paths:
+        raise UnsupportedBackboneError(f"mta.targets=attention: no layer named {', '.join(sorted(names))} in a "
+                                       f"{type(block).__name__}; name the layers in mta.targets")
+    return paths
+
 
 def _is_linear(module: nn.Module) -> bool:
     try:

@@ -63,6 +63,10 @@ def _expert_step_scaler(model: TrainableModel, stage: StageConfig, data: StageDa
         return None
     shares = routed_shares(model, data.task_names, data.rates)
     experts = _trained_experts(model, trainable)
+    if stage.expert_lr == "auto":
+        shared_beside = model.expert_plan is not None and model.expert_plan.shared
+        if not (shared_beside and experts and stage.batches == "mixed"):
+            return None
     if shares is None or not experts:
         raise ValueError(f"stage '{stage.label}': expert_lr={stage.expert_lr} needs MTA experts that this stage "
                          "trains")

@@ -32,6 +32,7 @@ from alter.training.loop import StageResult, train_stage
 from alter.training.resume import resume_conflict
 from alter.training.run_log import TENSORBOARD_DIR, RunLog, TensorBoardEvents
 from alter.training.scoring import Scorer
+from alter.training.source_length import fit_source_length
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def run_training(config: Config,
     train_sets, validation = training.train, training.validation
     eval_sets = load_split(config, tasks, config.data.eval_split, training=False)
     model = build(config.model, tasks)
+    fit_source_length(model, tasks, train_sets)
     # FSDP hands each block its weights for the length of a forward: no int8 copy would last.
     model.set_inference("none" if config.distributed.strategy == "fsdp" and ranks.world_size > 1
                         else config.inference.quantize)
