@@ -75,6 +75,15 @@ def test_what_cannot_be_added_is_one_clear_line(trained, tmp_path, change, messa
     assert not (tmp_path / "grown").exists()  # refused before any stage trained
 
 
+def test_a_stage2_that_names_no_collaboration_takes_the_model_s_kind_of_gates(tmp_path):
+    base = tiny(tmp_path, "softmax", "stages.1.collaboration=softmax")
+    run_training(base)
+    result = runner.invoke(app, ["add-task", base.output_dir + "/model", _write(tmp_path / "add.yaml", ADDED),
+                                 "--output", str(tmp_path / "grown")])
+    assert result.exit_code == 0, result.output  # ADDED's stage 2 names none: softmax, as the model's gates
+    assert _answers(tmp_path / "grown" / "model") == _answers(base.output_dir + "/model")
+
+
 @pytest.fixture(scope="module")
 def stage1_only(tmp_path_factory):
     """configs/tiny.yaml's stage 1 alone: every task's gate is its own expert."""

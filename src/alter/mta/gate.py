@@ -164,6 +164,14 @@ class TaskGate(nn.Module):
         rows = torch.arange(self.task_logits.shape[0], device=self.task_logits.device)
         self.task_logits[rows, self.assignment] = math.log(own_weight) * self.temperature
 
+    @property
+    def collaboration(self) -> str | None:
+        """How these gates collaborate (`residual` or `softmax`), or None while they are the
+        fixed stage-1 assignment."""
+        if bool(self.fixed):
+            return None
+        return "residual" if bool(self.residual) else "softmax"
+
     def refuses_rows(self, kind: str, collaboration: str) -> str | None:
         """Why a stage of `kind` cannot train added rows alone over these gates, or None when
         it can (`begin_rows`; asked before any training starts)."""
@@ -173,9 +181,8 @@ class TaskGate(nn.Module):
             return ("the model's own tasks were trained in stage 1 only, so their gates are fixed; a "
                     "collaboration for the added task alone would change how they are computed. Train the added "
                     "task's stage 1 only")
-        if bool(self.residual) != (collaboration == "residual"):
-            return (f"collaboration={collaboration}, but the model's gates are "
-                    f"{'residual' if bool(self.residual) else 'softmax'}; use the same")
+        if collaboration != self.collaboration:
+            return f"collaboration={collaboration}, but the model's gates are {self.collaboration}; use the same"
         return None
 
     @torch.no_grad()

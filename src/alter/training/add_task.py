@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from alter.config import Config, ConfigError, ModelConfig
+from alter.config import Config, ConfigError, ModelConfig, StageConfig
+from alter.models.contract import TrainableModel
 from alter.models.loading import load
 from alter.models.task_surgery import TaskSurgeryError, with_task_added, with_task_removed
 from alter.training.datasets import load_tasks
@@ -50,10 +51,20 @@ def add_tasks(checkpoint: str | Path, config: Config, replace: Sequence[str] = (
     except TaskSurgeryError as error:
         raise ConfigError(f"{checkpoint}: {error}") from None
     model.changing_tasks = tuple(task.name for task in tasks)
+    config = config.model_copy(update={"stages": [_with_models_gates(stage, model) for stage in config.stages]})
     refusals = [refusal for stage in config.stages if (refusal := model.refuses_changing_tasks(stage))]
     if refusals:  # said now, not after the stages before it have trained
         raise ConfigError(f"{checkpoint}: {refusals[0]}")
     return run_training(config.model_copy(update={"model": model.config}), build=lambda _config, _tasks: model)
+
+
+def _with_models_gates(stage: StageConfig, model: TrainableModel) -> StageConfig:
+    """A collaborating stage that names no `collaboration` trains the added rows with the kind
+    of gates the model has (the only kind it can: `TaskGate.refuses_rows`)."""
+    collaboration = model.mta_layers[0].gate.collaboration if model.mta_layers else None
+    if stage.kind == "stage1" or "collaboration" in stage.model_fields_set or collaboration is None:
+        return stage
+    return stage.model_copy(update={"collaboration": collaboration})
 
 
 def check_same_model(saved: ModelConfig, asked: ModelConfig, checkpoint: str | Path) -> None:
