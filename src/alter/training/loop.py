@@ -57,16 +57,18 @@ def _trained_experts(model: TrainableModel, trainable: dict[str, torch.nn.Parame
     return [param for name, param in trainable.items() if name in expert_names]
 
 
+def _shares_by_default(model: TrainableModel, stage: StageConfig, experts: list[torch.nn.Parameter]) -> bool:
+    """`expert_lr: auto`: routed shares where they were measured best, task experts trained in
+    mixed batches beside a shared expert."""
+    return bool(experts) and model.expert_plan is not None and model.expert_plan.shared and stage.batches == "mixed"
+
+
 def _expert_step_scaler(model: TrainableModel, stage: StageConfig, data: StageData,
                         trainable: dict[str, torch.nn.Parameter]) -> ExpertStepScaler | None:
-    if stage.expert_lr == "same":
+    experts = _trained_experts(model, trainable)
+    if stage.expert_lr == "same" or (stage.expert_lr == "auto" and not _shares_by_default(model, stage, experts)):
         return None
     shares = routed_shares(model, data.task_names, data.rates)
-    experts = _trained_experts(model, trainable)
-    if stage.expert_lr == "auto":
-        shared_beside = model.expert_plan is not None and model.expert_plan.shared
-        if not (shared_beside and experts and stage.batches == "mixed"):
-            return None
     if shares is None or not experts:
         raise ValueError(f"stage '{stage.label}': expert_lr={stage.expert_lr} needs MTA experts that this stage "
                          "trains")
