@@ -8,6 +8,9 @@ median counts):
 - mixed: one batch of all 16, task ids per row (MTA routes each row to its task's gates);
 - single: the same 16 inputs as one task's batch (the cost of routing itself);
 - task by task: the requests grouped by task, four batches of 4;
+- mixed by length (scoring): the 16 requests as `MTAModel.predict` batches them, shortest first,
+  a batch closed where the next row would pad it past 1.5x its tokens (`length_batches`), each
+  batch still of mixed tasks;
 - PEFT: one LoRA adapter per task (r=8 on q_proj, v_proj) and PEFT's mixed-adapter batch
   (`adapter_names`), the peer's way to serve several tasks in one batch;
 - with `--quantize int8`, also the mixed batch of the same model in float32 (`mixed_fp32`), so
@@ -27,7 +30,7 @@ from typing import get_args
 import torch
 
 from alter.config import ModelConfig, Quantize
-from alter.data.collate import Encoded
+from alter.data.collate import Encoded, length_batches
 from alter.data.registry import builtin_registry
 from alter.data.task import data_root
 from alter.models.mta_model import MTAModel
@@ -148,10 +151,14 @@ def main() -> None:
     peft_score, peft_generate = peft_runs(model, rows)
     scoring_groups = [scorer(model, group) for group in groups]
     generation_groups = [generator(model, group) for group in groups]
+    lengths = [len(row.input_ids) for row in rows]
+    by_length = length_batches(range(len(rows)), lengths, len(rows))
+    length_groups = [scorer(model, [rows[i] for i in batch]) for batch in by_length]
     runs: dict[str, Callable[[], None]] = {
         "scoring/mixed": scorer(model, rows),
         "scoring/single": scorer(model, as_one_task(rows)),
         "scoring/task_by_task": lambda: [run() for run in scoring_groups],
+        "scoring/mixed_by_length": lambda: [run() for run in length_groups],
         "scoring/peft_mixed": peft_score,
         "generation/mixed": generator(model, rows),
         "generation/single": generator(model, as_one_task(rows)),
@@ -173,6 +180,9 @@ def main() -> None:
     # Tokens per request: the prompt read (scoring), the new tokens written (generation).
     tokens = {"scoring": statistics.mean(len(row.input_ids) for row in rows), "generation": NEW_TOKENS}
 
+    def padded(batches) -> int:
+        return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
     def ratio(workload: str, other: str) -> float:
         return round(throughput[f"{workload}/mixed"] / throughput[f"{workload}/{other}"], 3)
 
@@ -185,7 +195,13 @@ def main() -> None:
         },
         "detail_ratios": {f"{w}/mixed_vs_{o}": ratio(w, o) for w in ("scoring", "generation")
                           for o in ("single", "task_by_task", "peft_mixed")
+                          + (("mixed_by_length",) if w == "scoring" else ())
                           + (("mixed_fp32",) if reference is not None else ())},
+        # What each way computes: a batch pads its rows to its longest.
+        "scoring_padded_tokens": {"mixed": padded([range(len(rows))]), "mixed_by_length": padded(by_length),
+                                  "task_by_task": padded([[i for i, row in enumerate(rows) if row.task_id == task]
+                                                          for task in range(len(TASKS))]),
+                                  "real": sum(lengths)},
         "requests_per_s": {name: round(value, 2) for name, value in throughput.items()},
         "tokens_per_s": {name: round(value * tokens[name.split("/")[0]], 1) for name, value in throughput.items()},
         "requests": len(rows), "tasks": TASKS, "new_tokens": NEW_TOKENS, "rounds": args.rounds,

@@ -10,7 +10,7 @@ import torch
 
 import alter
 from alter.config import StageConfig
-from alter.data.collate import IGNORE, Encoded
+from alter.data.collate import IGNORE, Encoded, length_batches
 from alter.data.generation import GenerationSettings
 from alter.data.spec import TaskSpec
 from alter.data.task import Example, Task
@@ -150,3 +150,16 @@ def test_candidates_of_several_tokens_train_by_the_rule_that_predicts(registry, 
     predicted = model.predict(examples)
     for loss, token_loss, example, (_, scores) in zip(losses, without_ranking, examples, predicted):
         assert (loss - token_loss).item() == pytest.approx(-math.log(scores[example.target]), rel=1e-4, abs=1e-5)
+
+
+def test_length_batches_fill_batches_of_similar_rows_and_split_far_apart_lengths():
+    similar = [20 + i % 3 for i in range(40)]
+    batches = length_batches(range(40), similar, batch_size=16)
+    assert [len(batch) for batch in batches] == [16, 16, 8]
+    assert [similar[i] for batch in batches for i in batch] == sorted(similar)
+    # A server's batch of 16: 4 requests each of four tasks, interleaved as they arrive.
+    mixed = [30, 60, 90, 128] * 4
+    batches = length_batches(range(16), mixed, batch_size=16)
+    assert [sorted({mixed[i] for i in batch}) for batch in batches] == [[30], [60, 90], [128]]
+    assert sorted(i for batch in batches for i in batch) == list(range(16))
+    assert length_batches([], [], batch_size=4) == []
