@@ -41,7 +41,7 @@ from alter.models.saved import (
     write_saved,
 )
 from alter.models.shared_lora import add_shared_lora, shared_lora_parameters
-from alter.mta import ExpertModule, MTAConfig, MTALayer, TaskGate, inject_mta
+from alter.mta import ExpertFusion, ExpertModule, MTAConfig, MTALayer, TaskGate, inject_mta
 from alter.mta.plan import ExpertPlan, plan_experts
 
 HEADS = {"lm": LMHead, "classifier": ClassifierHead}
@@ -53,6 +53,10 @@ def task_group(task: Task) -> str:
         return "generation"
     return "pair" if len(task.spec.inputs) > 1 else "single"
 
+
+# Why a model whose experts are fused by attention cannot add, retrain or remove one task alone.
+FUSION_COUPLES_TASKS = ("mta.fusion: each task's attention spreads over every expert, so adding or removing one would "
+                        "change every task's answers; train the model again with all its tasks")
 
 SMALLEST_PROB = 1e-30  # a probability that underflowed to 0 still has a (very low) log
 
@@ -123,7 +127,7 @@ class MTAModel(nn.Module):
         for module in self.modules():
             if isinstance(module, ExpertModule):
                 owner.update({id(param): "experts" for param in module.expert_parameters()})
-            elif isinstance(module, TaskGate):
+            elif isinstance(module, (TaskGate, ExpertFusion)):
                 owner.update({id(param): "gates" for param in module.parameters()})
         owner.update({id(param): "heads" for param in self.head.parameters()})
         for name, param in self.named_parameters():
@@ -143,6 +147,8 @@ class MTAModel(nn.Module):
             elif isinstance(module, TaskGate):
                 owned.update({names[id(param)]: task_id for param in (module.task_logits, module.shared_logits)
                               if param is not None})
+            elif isinstance(module, ExpertFusion):
+                owned.update({names[id(param)]: task_id for param in module.parameters()})
         owned.update({names[id(param)]: None for param in self.head.task_parameters(task_id)})
         return owned
 
@@ -268,6 +274,8 @@ class MTAModel(nn.Module):
     def refuses_changing_tasks(self, stage: StageConfig) -> str | None:
         """Why `stage` cannot train the `changing_tasks` alone over this model's gates, or None
         (`TaskGate.refuses_rows`): add-task asks before its first stage, not when it comes."""
+        if self.config.mta.fusion:
+            return FUSION_COUPLES_TASKS
         for layer in self.mta_layers:
             refusal = layer.gate.refuses_rows(stage.kind, stage.collaboration)
             if refusal:
@@ -286,6 +294,8 @@ class MTAModel(nn.Module):
         """Every row draws on its `kept` largest gate weights in every layer (`TaskGate.prune`)."""
         if not self.mta_layers:
             raise ValueError("this model has no MTA gates to prune")
+        if self.config.mta.fusion:
+            raise ValueError("mta.fusion weighs every expert at every token: its experts cannot be pruned")
         for layer in self.mta_layers:
             layer.gate.prune(kept)
 

@@ -49,6 +49,9 @@ class MTAConfig(BaseModel):
     # attention's query and value (PEFT's LoRA targets for the backbone's family), `ffn`, the
     # FFN's linear layers, or paths inside the block (e.g. [self_attn.q_proj, mlp.down_proj]).
     targets: Literal["attention", "ffn"] | list[str] = "attention"
+    # LoRA experts also weigh each other per token, by an attention of each task over their
+    # low-rank codes (AdapterFusion-style, `ExpertFusion`), trained with the gates after stage 1.
+    fusion: bool = False
     # Stage 1 assignment of tasks to experts: one expert per task, tasks grouped by kind
     # (classification / entailment / generation, as ALTER's code groups them), or by hand.
     assignment: Literal["one_per_task", "by_kind"] | dict[str, int] = "one_per_task"
@@ -79,6 +82,9 @@ class MTAConfig(BaseModel):
                 self.num_experts is not None and sum(self.expert_groups) != self.num_experts)):
             raise ValueError(f"mta.expert_groups {self.expert_groups}: positive sizes that add up to "
                              f"mta.num_experts ({self.num_experts})")
+        if self.fusion and (self.kind != "lora" or self.top_k is not None):
+            raise ValueError("mta.fusion attends over the codes of LoRA experts, every expert for every token: "
+                             "set mta.kind=lora and no mta.top_k")
         if isinstance(self.targets, list) and (self.kind != "lora" or not self.targets):
             raise ValueError("mta.targets names the linear layers of LoRA experts: set mta.kind=lora "
                              "and at least one layer")

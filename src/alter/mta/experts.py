@@ -14,7 +14,7 @@ row costs the same whatever K is (`low_rank_mixture`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,9 +28,13 @@ class ExpertModule(nn.Module):
         return list(self.parameters())
 
 
+# x (B, L, in), the experts' codes (B, L, K, r) -> per-token weights (B, L, K); see low_rank_mixture
+Fuse = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def low_rank_mixture(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, gates: torch.Tensor,
                      selected: torch.Tensor | None, act: nn.Module | None = None,
-                     groups: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+                     groups: Sequence[torch.Tensor] = (), fuse: Fuse | None = None) -> torch.Tensor:
     """sum_k gates[:, k] * act(x @ first_k) @ second_k.
 
     x (B, ..., in), first (K, in, r), second (K, r, out), gates (B, K) -> (B, ..., out).
@@ -39,7 +43,11 @@ def low_rank_mixture(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
     `groups`: groups of expert indices computed on their own and summed in order (experts
     added to a trained model: `ExpertPlan.groups`), so that a row that weighs a later group
     zero gets, to the bit, what the first group alone computed before the addition.
+    `fuse`: every expert for every row, weighed per token by fuse(x (B, L, in), codes (B, L, K,
+    r)) -> (B, L, K) instead of by `gates` (`ExpertFusion`).
     """
+    if fuse is not None and (selected is not None or len(groups) > 1):
+        raise ValueError("experts fused by attention are computed together, for every row")
     if selected is None and len(groups) > 1:
         out = None
         for group in groups:  # (k_g,) each
@@ -60,11 +68,35 @@ def low_rank_mixture(x: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
         weights = gates.gather(1, selected)  # (B, m)
     if act is not None:
         h = act(h)
-    h = h.view(batch, -1, experts, rank) * weights[:, None, :, None].to(h.dtype)  # (B, L, m, r)
+    codes = h.view(batch, -1, experts, rank)  # (B, L, m, r)
+    per_token = fuse(flat, codes) if fuse is not None else weights[:, None, :]  # (B, L or 1, m)
+    h = codes * per_token[..., None].to(h.dtype)  # (B, L, m, r)
     h = h.reshape(batch, -1, experts * rank)
     out = h @ (second.reshape(experts * rank, out_features) if selected is None
                else second.reshape(batch, experts * rank, out_features))  # (B, L, out)
     return out.reshape(*x.shape[:-1], out_features).to(x.dtype)
+
+
+class ExpertFusion(nn.Module):
+    """Per-token weights over the experts of one LoRA layer by attention over their low-rank
+    codes: AdapterFusion's idea (Pfeiffer et al., 2021: each task learns, per token, which
+    adapters' outputs to draw on), inside the layer. Task t's query of a token x, x W_t (r,),
+    scores expert k by <x W_t, x A_k> / sqrt(r); the token's weights are its row of the gate
+    plus beta_t times the softmax of the scores over every expert. W and beta start at zero,
+    so the model computes what it computed before until a collaboration stage trains them
+    with the gates (they are in the `gates` group, one row per task)."""
+
+    def __init__(self, num_tasks: int, in_features: int, rank: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(num_tasks, in_features, rank))
+        self.weight = nn.Parameter(torch.zeros(num_tasks))
+
+    def forward(self, x: torch.Tensor, codes: torch.Tensor, gates: torch.Tensor,
+                task_ids: torch.Tensor) -> torch.Tensor:
+        """x (B, L, in), codes (B, L, K, r), gates (B, K), task_ids (B,) -> weights (B, L, K)."""
+        query = torch.bmm(x, self.query[task_ids].to(x.dtype))  # (B, L, r)
+        scores = torch.einsum("blr,blkr->blk", query, codes) / codes.shape[-1] ** 0.5  # (B, L, K)
+        return gates[:, None, :].to(x.dtype) + self.weight[task_ids, None, None] * scores.softmax(-1)
 
 
 class ExpertGroups(nn.Module):
@@ -99,12 +131,13 @@ class BottleneckExperts(ExpertModule):
 
 
 class GateSlot:
-    """Holds the gate weights of the current call, and the experts each row selects, for
-    the experts of one MTA layer."""
+    """Holds the gate weights of the current call, the experts each row selects and, once the
+    gates collaborate, each row's task, for the experts of one MTA layer."""
 
     def __init__(self) -> None:
         self.gates: torch.Tensor | None = None  # (B, K)
         self.selected: torch.Tensor | None = None  # (B, m), or None: every expert
+        self.task_ids: torch.Tensor | None = None  # (B,); None under the fixed stage-1 gates
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -121,7 +154,7 @@ class LoRAExpertLinear(ExpertModule):
     """base(x) + scale * sum_k g_k B_k A_k x, with B zero-initialised."""
 
     def __init__(self, base: nn.Module, num_experts: int, rank: int, alpha: float, slot: GateSlot, dropout: float,
-                 groups: Sequence[Sequence[int]] = ()):
+                 groups: Sequence[Sequence[int]] = (), fusion_tasks: int = 0):
         super().__init__()
         in_features, out_features = linear_shape(base)
         self.base = base
@@ -135,9 +168,11 @@ class LoRAExpertLinear(ExpertModule):
         self.slot = slot
         self.dropout = nn.Dropout(dropout)
         self.groups = ExpertGroups(groups)
+        # `mta.fusion`: one attention query per task over the experts (none: the gates alone).
+        self.fusion = ExpertFusion(fusion_tasks, in_features, rank) if fusion_tasks else None
 
     def expert_parameters(self) -> list[nn.Parameter]:
-        return [self.lora_A, self.lora_B]  # not the pretrained linear inside
+        return [self.lora_A, self.lora_B]  # not the pretrained linear inside, nor the fusion's (gates)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -146,8 +181,14 @@ class LoRAExpertLinear(ExpertModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Gate weights (B, K) and selected experts, set by the MTA layer before the FFN runs.
-        delta = low_rank_mixture(self.dropout(x), self.lora_A, self.lora_B, self.slot.gates, self.slot.selected,
-                                 groups=self.groups.indices())
+        slot, fuse = self.slot, None
+        if self.fusion is not None and slot.task_ids is not None:  # not under the fixed stage-1 gates
+            fusion = self.fusion
+
+            def fuse(flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+                return fusion(flat, codes, slot.gates, slot.task_ids)
+        delta = low_rank_mixture(self.dropout(x), self.lora_A, self.lora_B, slot.gates, slot.selected,
+                                 groups=self.groups.indices(), fuse=fuse)
         return self.base(x) + self.scale * delta  # (B, ..., out)
 
 

@@ -121,7 +121,7 @@ def inject_mta(backbone: nn.Module, config: MTAConfig, plan: ExpertPlan) -> list
             block = blocks[block_index]
             layer = MTALayer(len(layers), stack, block_index, hidden_size, plan, config)
             block.add_module("mta", layer)
-            _attach(layer, block, family, model_type, hidden_size, num_experts, config, plan.groups)
+            _attach(layer, block, family, model_type, hidden_size, num_experts, config, plan.groups, plan.num_tasks)
             layers.append(layer)
     if not layers:
         raise UnsupportedBackboneError(f"found no transformer blocks in {type(backbone).__name__}")
@@ -129,7 +129,7 @@ def inject_mta(backbone: nn.Module, config: MTAConfig, plan: ExpertPlan) -> list
 
 
 def _attach(layer: MTALayer, block: nn.Module, family: FFNMap, model_type: str, hidden_size: int,
-            num_experts: int, config: MTAConfig, expert_groups: list[list[int]]) -> None:
+            num_experts: int, config: MTAConfig, expert_groups: list[list[int]], num_tasks: int) -> None:
     if config.kind == "ffn_copy":
         layer.experts = FFNCopyExperts(_resolve(block, family.ffn_in), num_experts)
         _replace(block, family.ffn_in, FFNCopies(layer))
@@ -146,7 +146,8 @@ def _attach(layer: MTALayer, block: nn.Module, family: FFNMap, model_type: str, 
                 raise UnsupportedBackboneError(f"mta.targets: no layer '{path}' in a {type(block).__name__}; "
                                                f"its linear layers: {', '.join(linears)}") from None
             _replace(block, path, LoRAExpertLinear(base, num_experts, config.rank, config.lora_alpha,
-                                                   layer.slot, config.dropout, expert_groups))
+                                                   layer.slot, config.dropout, expert_groups,
+                                                   fusion_tasks=num_tasks if config.fusion else 0))
         if config.targets != "ffn":  # experts outside the FFN (e.g. in attention): gates before the block runs
             block.register_forward_pre_hook(layer.before_experts, with_kwargs=True)
             return

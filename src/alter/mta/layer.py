@@ -61,12 +61,15 @@ class MTALayer(nn.Module):
         context.pooled_cache[self.index] = pooled
         return pooled
 
+    def _task_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """Each row's task, (B,) (beams and decoding rows included)."""
+        context = current_routing()
+        return context.rows(context.task_ids, x.shape[0])
+
     def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, d) -> (B, K), or (B, K + 1) with the shared expert's weight last."""
-        context = current_routing()
-        task_ids = context.rows(context.task_ids, x.shape[0])
         pooled = self._pooled_input(x) if self.gate.uses_input else None
-        return self.gate(task_ids, pooled)
+        return self.gate(self._task_ids(x), pooled)
 
     # --- hooks --------------------------------------------------------------------------
     def selected_experts(self, gates: torch.Tensor) -> torch.Tensor | None:
@@ -85,6 +88,8 @@ class MTALayer(nn.Module):
         x = _first_tensor(args, kwargs)
         self.slot.gates = self.gate_weights(x)
         self.slot.selected = self.selected_experts(self.slot.gates)
+        # Experts fused by attention read each row's task once the gates collaborate.
+        self.slot.task_ids = None if bool(self.gate.fixed) else self._task_ids(x)
         self._ffn_input = x
 
     def after_ffn(self, module: nn.Module, args: tuple, output: Any) -> Any:

@@ -36,6 +36,8 @@ def why_not_lora(model: MTAModel) -> str | None:
         return f"{model.config.mta.kind} experts are not LoRA"
     if any(layer.gate.uses_input for layer in model.mta_layers):
         return "the gates depend on the input, so no single adapter stands for the task"
+    if model.config.mta.enabled and model.config.mta.fusion:
+        return "the experts are fused by attention at every token, so no single adapter stands for the task"
     return None
 
 
