@@ -180,8 +180,8 @@ def main() -> None:
     # Tokens per request: the prompt read (scoring), the new tokens written (generation).
     tokens = {"scoring": statistics.mean(len(row.input_ids) for row in rows), "generation": NEW_TOKENS}
 
-    def padded(batches) -> int:
-        return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+    def padded(batches: list[list[Encoded]]) -> int:
+        return sum(len(batch) * max(len(row.input_ids) for row in batch) for batch in batches)
 
     def ratio(workload: str, other: str) -> float:
         return round(throughput[f"{workload}/mixed"] / throughput[f"{workload}/{other}"], 3)
@@ -198,9 +198,8 @@ def main() -> None:
                           + (("mixed_by_length",) if w == "scoring" else ())
                           + (("mixed_fp32",) if reference is not None else ())},
         # What each way computes: a batch pads its rows to its longest.
-        "scoring_padded_tokens": {"mixed": padded([range(len(rows))]), "mixed_by_length": padded(by_length),
-                                  "task_by_task": padded([[i for i, row in enumerate(rows) if row.task_id == task]
-                                                          for task in range(len(TASKS))]),
+        "scoring_padded_tokens": {"mixed": padded([rows]), "task_by_task": padded(groups),
+                                  "mixed_by_length": padded([[rows[i] for i in batch] for batch in by_length]),
                                   "real": sum(lengths)},
         "requests_per_s": {name: round(value, 2) for name, value in throughput.items()},
         "tokens_per_s": {name: round(value * tokens[name.split("/")[0]], 1) for name, value in throughput.items()},

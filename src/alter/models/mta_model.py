@@ -54,10 +54,6 @@ def task_group(task: Task) -> str:
     return "pair" if len(task.spec.inputs) > 1 else "single"
 
 
-# Why a model whose experts are fused by attention cannot add, retrain or remove one task alone.
-FUSION_COUPLES_TASKS = ("mta.fusion: each task's attention spreads over every expert, so adding or removing one would "
-                        "change every task's answers; train the model again with all its tasks")
-
 SMALLEST_PROB = 1e-30  # a probability that underflowed to 0 still has a (very low) log
 
 
@@ -274,8 +270,6 @@ class MTAModel(nn.Module):
     def refuses_changing_tasks(self, stage: StageConfig) -> str | None:
         """Why `stage` cannot train the `changing_tasks` alone over this model's gates, or None
         (`TaskGate.refuses_rows`): add-task asks before its first stage, not when it comes."""
-        if self.config.mta.fusion:
-            return FUSION_COUPLES_TASKS
         for layer in self.mta_layers:
             refusal = layer.gate.refuses_rows(stage.kind, stage.collaboration)
             if refusal:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from alter.data.task import Task
-from alter.models.mta_model import FUSION_COUPLES_TASKS, MTAModel
+from alter.models.mta_model import MTAModel
 from alter.models.quantized import quantize_setting
 from alter.mta import ExpertModule
 
@@ -101,7 +101,8 @@ def _check_surgery(model: MTAModel) -> None:
         raise TaskSurgeryError("mta.kind=ffn_copy computes all its experts in one vmap: changing them would change "
                                "every task's arithmetic; use bottleneck or LoRA experts")
     if model.config.mta.fusion:
-        raise TaskSurgeryError(FUSION_COUPLES_TASKS)
+        raise TaskSurgeryError("mta.fusion: each task's attention spreads over every expert, so adding or removing one "
+                               "would change every task's answers; train the model again with all its tasks")
     if model.backbone_trained:
         raise TaskSurgeryError("this model's backbone was trained: every task depends on it, so one task cannot "
                                "change without changing the others")

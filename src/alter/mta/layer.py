@@ -66,10 +66,11 @@ class MTALayer(nn.Module):
         context = current_routing()
         return context.rows(context.task_ids, x.shape[0])
 
-    def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d) -> (B, K), or (B, K + 1) with the shared expert's weight last."""
+    def gate_weights(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d), each row's task (B,) -> (B, K), or (B, K + 1) with the shared expert's
+        weight last."""
         pooled = self._pooled_input(x) if self.gate.uses_input else None
-        return self.gate(self._task_ids(x), pooled)
+        return self.gate(task_ids, pooled)
 
     # --- hooks --------------------------------------------------------------------------
     def selected_experts(self, gates: torch.Tensor) -> torch.Tensor | None:
@@ -86,10 +87,11 @@ class MTALayer(nn.Module):
 
     def before_experts(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         x = _first_tensor(args, kwargs)
-        self.slot.gates = self.gate_weights(x)
+        task_ids = self._task_ids(x)
+        self.slot.gates = self.gate_weights(x, task_ids)
         self.slot.selected = self.selected_experts(self.slot.gates)
         # Experts fused by attention read each row's task once the gates collaborate.
-        self.slot.task_ids = None if bool(self.gate.fixed) else self._task_ids(x)
+        self.slot.task_ids = None if bool(self.gate.fixed) else task_ids
         self._ffn_input = x
 
     def after_ffn(self, module: nn.Module, args: tuple, output: Any) -> Any:
@@ -98,7 +100,7 @@ class MTALayer(nn.Module):
 
     def forward_copies(self, x: torch.Tensor) -> torch.Tensor:
         """Stands in for the FFN when the experts are FFN copies."""
-        return self.experts(x, self.gate_weights(x))
+        return self.experts(x, self.gate_weights(x, self._task_ids(x)))
 
 
 class FFNCopies(nn.Module):
