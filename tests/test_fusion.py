@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 
 import alter
-from alter.config import ConfigError, StageConfig
+from alter.config import ConfigError, StageConfig, parse_config
 from alter.experiment.config import load_experiment
 from alter.experiment.runner import copy_shared_stages, run_experiment
 from alter.models.mta_model import MTAModel
@@ -17,7 +17,7 @@ from alter.models.task_surgery import TaskSurgeryError, with_task_added, with_ta
 from alter.mta import ExpertFusion, MTAConfig
 from alter.mta.experts import low_rank_mixture
 from alter.serve.peft_export import why_not_lora
-from alter.training.stages import prepare_stage
+from alter.training.stages import optimizer_groups, prepare_stage
 from tests.conftest import FAMILIES, examples_for, model_config, randomise_experts, tasks_for
 
 
@@ -155,3 +155,25 @@ def test_a_fused_system_starts_from_the_stage1_of_one_without_fusion_and_from_no
     assert trained.config.mta.fusion and fusion and any(module.weight.abs().sum() > 0 for module in fusion)
     with pytest.raises(ConfigError, match="model.mta.fusion"):  # a stage 2 that ran without fusion
         copy_shared_stages(config, "fused_after_stage2", 0, tmp_path / "seed0" / "fused_after_stage2")
+
+
+def test_fusion_lr_gives_the_fusion_a_learning_rate_of_its_own(registry):
+    fused = MTAModel(model_config("tiny-llama", "lm", fusion=True), tasks_for(registry, "lm"))
+    stage = StageConfig(kind="stage2", lr=1e-3, fusion_lr=3e-2)
+    trainable = prepare_stage(fused, stage)
+    groups = optimizer_groups(trainable, stage)
+    fusion = {id(param) for name, param in trainable.items() if ".fusion." in name}
+    assert [group["lr"] for group in groups] == [1e-3, 3e-2]
+    assert {id(param) for param in groups[1]["params"]} == fusion
+    assert len(groups[0]["params"]) + len(fusion) == len(trainable) and fusion
+    assert len(optimizer_groups(trainable, StageConfig(kind="stage2", lr=1e-3))) == 1  # unset: one group
+    plain = MTAModel(model_config("tiny-llama", "lm"), tasks_for(registry, "lm"))
+    with pytest.raises(ValueError, match="fusion_lr is set but no mta.fusion weight trains"):
+        optimizer_groups(prepare_stage(plain, stage), stage)
+    stages = [{"kind": "stage1"}, {"kind": "stage2", "fusion_lr": 1e-2}]
+    with pytest.raises(ConfigError, match="stages.1.fusion_lr"):  # a config says so before anything is built
+        parse_config({"data": {"tasks": ["rte"]}, "stages": stages})
+    with pytest.raises(ConfigError, match="stages.0.fusion_lr"):  # stage 1 never trains the fusion
+        parse_config({"model": {"mta": {"fusion": True}}, "data": {"tasks": ["rte"]},
+                      "stages": [{"kind": "stage1", "fusion_lr": 1e-2}]})
+    assert parse_config({"model": {"mta": {"fusion": True}}, "data": {"tasks": ["rte"]}, "stages": stages})

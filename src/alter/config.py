@@ -160,6 +160,9 @@ class StageConfig(_Strict):
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     lr: float = Field(default=1e-3, gt=0)
+    # The learning rate of `mta.fusion`'s attention (its queries and weights; default: `lr`),
+    # so that the fusion can move faster than the gates and heads it trains beside.
+    fusion_lr: float | None = Field(default=None, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
@@ -315,6 +318,14 @@ class Config(_Strict):
             if stage.kind != "stage1" and stage.collaboration == "residual":
                 raise ValueError(f"stages.{index}.collaboration: model.mta.top_k selects experts of a softmax "
                                  "gate; set collaboration: softmax")
+        return self
+
+    @model_validator(mode="after")
+    def _fusion_lr_needs_a_trained_fusion(self) -> Config:
+        for index, stage in enumerate(self.stages):
+            if stage.fusion_lr is not None and (not self.model.mta.fusion or stage.kind == "stage1"):
+                raise ValueError(f"stages.{index}.fusion_lr: the learning rate of model.mta.fusion, which trains "
+                                 "with the gates (stage2, joint) when model.mta.fusion is true")
         return self
 
     @model_validator(mode="after")

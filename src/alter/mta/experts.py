@@ -168,7 +168,8 @@ class LoRAExpertLinear(ExpertModule):
         self.slot = slot
         self.dropout = nn.Dropout(dropout)
         self.groups = ExpertGroups(groups)
-        # `mta.fusion`: one attention query per task over the experts (none: the gates alone).
+        # `mta.fusion`: one attention query per task over the experts (none: the gates alone). Its
+        # name is how a stage's `fusion_lr` finds its parameters (alter.training.stages).
         self.fusion = ExpertFusion(fusion_tasks, in_features, rank) if fusion_tasks else None
 
     def expert_parameters(self) -> list[nn.Parameter]:

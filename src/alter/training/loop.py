@@ -23,7 +23,7 @@ from alter.training.expert_lr import ExpertStepScaler, routed_experts, routed_sh
 from alter.training.held_weights import HeldWeights
 from alter.training.rebalance import TaskPlan, rebalanced_rates
 from alter.training.run_log import RunLog
-from alter.training.stages import prepare_stage
+from alter.training.stages import optimizer_groups, prepare_stage
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ class StageRun:
         if self.held:
             self.trainable = self.held.trainable
         self.params = list(self.trainable.values())
-        self.optimizer = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=stage.weight_decay)
+        groups = optimizer_groups(self.trainable, stage)
+        self.base_lrs = [group["lr"] for group in groups]  # what the schedule scales (a resume keeps them)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
         self.stopper = (EarlyStopper(model, stage.early_stopping, self.trainable, stage_dir, floors)
                         if stage.early_stopping else None)
         self.factor = _schedule(stage)
@@ -209,8 +211,8 @@ class StageRun:
         """One optimizer step over a global batch (its micro-batches); the batch's mean loss."""
         stage, plan, ranks = self.stage, self.plan, self.ranks
         started = time.perf_counter()
-        for group in self.optimizer.param_groups:
-            group["lr"] = stage.lr * self.factor(self.step)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base_lr * self.factor(self.step)
         local_loss = torch.zeros(())
         step_scaler = self.scaler or (self.still_experts({task for micro in range(stage.grad_accum)
                                                           for task, _ in plan.batch(self.step, micro)})

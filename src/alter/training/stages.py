@@ -7,6 +7,9 @@ from torch import nn
 from alter.config import StageConfig
 from alter.models.contract import TrainableModel
 
+# mta.fusion's attention sits at `fusion` in every LoRA layer (alter.mta.experts.LoRAExperts).
+FUSION_PARAMETERS = ".fusion."
+
 STAGE_GROUPS: dict[str, set[str]] = {
     "stage1": {"experts", "adapters", "heads"},  # specialise: each task trains its own expert
     "stage2": {"gates"},  # collaborate: only how tasks draw on each other's experts
@@ -39,3 +42,19 @@ def prepare_stage(model: TrainableModel, stage: StageConfig) -> dict[str, nn.Par
     if not trainable:
         raise ValueError(f"stage '{stage.label}' has nothing to train (groups {sorted(wanted)} are empty)")
     return trainable
+
+
+def optimizer_groups(trainable: dict[str, nn.Parameter], stage: StageConfig) -> list[dict]:
+    """The optimizer's parameter groups, each with the `lr` that the schedule scales: one
+    group at `stage.lr`, or with `stage.fusion_lr` the fusion's parameters in a group of
+    their own."""
+    if stage.fusion_lr is None:
+        return [{"params": list(trainable.values()), "lr": stage.lr}]
+    fusion = [param for name, param in trainable.items() if FUSION_PARAMETERS in name]
+    if not fusion:
+        raise ValueError(f"stage '{stage.label}': fusion_lr is set but no mta.fusion weight trains in it "
+                         "(model.mta.fusion: true, in a stage that trains the gates)")
+    rest = [param for name, param in trainable.items() if FUSION_PARAMETERS not in name]
+    groups = [{"params": rest, "lr": stage.lr},
+              {"params": fusion, "lr": stage.fusion_lr}]
+    return [group for group in groups if group["params"]]
