@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from alter.cli import app
 from alter.config import ConfigError
 from alter.experiment.config import load_experiment
+from alter.experiment.results import write_results
 from alter.experiment.runner import copy_shared_stages, run_experiment
 
 TINY = Path(__file__).parent.parent / "configs" / "experiment-tiny.yaml"
@@ -194,6 +195,19 @@ def test_results_carry_seeds_paired_intervals_and_trivial_scores(seeded):
     assert "mta − system [95% CI]" in (out / "results.md").read_text()
     single = json.loads((out / "seed0" / "single_lora" / "result.json").read_text())
     assert set(single["per_task"]) == {"rte", "stsb"}
+
+
+def test_every_named_reference_gets_intervals_of_every_other_system(seeded):
+    config, _, out = seeded
+    results = write_results(config.model_copy(update={"references": ["mta", "mta_stage1"]}), out)
+    systems = results["systems"]
+    assert results["reference"] == "mta" and results["references"] == ["mta", "mta_stage1"]
+    assert systems["mta"]["paired_vs_mta_stage1"]["macro_diff"] == -systems["mta_stage1"]["paired_vs_mta"]["macro_diff"]
+    assert systems["mta"]["seeds_vs_mta_stage1"]["per_seed_diff"] == [
+        -diff for diff in systems["mta_stage1"]["seeds_vs_mta"]["per_seed_diff"]]
+    assert "paired_vs_mta_stage1" in systems["single_lora"] and "paired_vs_mta_stage1" not in systems["mta_stage1"]
+    assert results["stage2_gain"]["after"] == "mta_stage1"  # of the first reference
+    write_results(config, out)  # as the other tests read it
 
 
 def test_a_variant_starts_from_the_shared_stage_without_training_it_again(seeded):

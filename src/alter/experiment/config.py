@@ -65,6 +65,10 @@ class ExperimentConfig(BaseModel):
     seeds: list[int] = Field(default=[0], min_length=1)
     base: dict[str, Any]  # a train config without output_dir and seed
     systems: dict[str, SystemConfig] = Field(min_length=1)
+    # The systems every other one is compared with, example by example and seed by seed
+    # (`paired_vs_<name>`, `seeds_vs_<name>` in results.json); the first heads the tables and
+    # its stage-1 scores give `stage2_gain`. Systems not in the experiment are skipped.
+    references: list[str] = Field(default=["mta"], min_length=1)
 
     @model_validator(mode="after")
     def _check_references(self) -> ExperimentConfig:

@@ -18,9 +18,6 @@ from alter.experiment.paired import paired_bootstrap, seed_t_interval
 from alter.experiment.tables import write_tables
 
 RESULTS_FILE = "results.json"
-REFERENCE = "mta"  # the system every other one is compared with, example by example
-
-
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -167,23 +164,26 @@ def write_results(config: ExperimentConfig, out: Path) -> dict[str, Any]:
             scores = [result["tasks"][task][result["main_metrics"][task]] for task in common]
             result["macro_classification"] = round(statistics.fmean(scores), 2)
     kept = _kept_predictions(runs, out)
-    for name, paired in _paired(kept, REFERENCE).items():
-        systems[name][f"paired_vs_{REFERENCE}"] = paired
-    for name, differences in _seed_differences(runs, main_metrics, REFERENCE).items():
-        systems[name][f"seeds_vs_{REFERENCE}"] = differences
+    for reference in config.references:
+        for name, paired in _paired(kept, reference).items():
+            systems[name][f"paired_vs_{reference}"] = paired
+        for name, differences in _seed_differences(runs, main_metrics, reference).items():
+            systems[name][f"seeds_vs_{reference}"] = differences
+    reference = config.references[0]  # heads the tables; its stage 1 gives stage2_gain
     for name, gain in _gains_over_start(config, kept).items():
         systems[name]["gain_over_start"] = gain
     for name, intervals in _task_intervals(kept).items():
         systems[name]["tasks_ci95"] = intervals
     results = {"scale": "0-100", "seeds": config.seeds, "main_metrics": main_metrics,
-               "classification_tasks": common, "reference": REFERENCE, "trivial": _trivial(out), "systems": systems}
+               "classification_tasks": common, "reference": reference, "references": config.references,
+               "trivial": _trivial(out), "systems": systems}
     floors = [name for name, system in config.systems.items() if system.kind == "lead"]  # trivial by design
     results["shortfalls"] = below_trivial({name: result for name, result in systems.items() if name not in floors},
                                        results["trivial"])
     stage2 = [name for name, system in config.systems.items()
-              if system.kind == "after_stage" and system.of == REFERENCE and name in systems]
-    if stage2 and f"paired_vs_{REFERENCE}" in systems[stage2[0]]:
-        results["stage2_gain"] = {"of": REFERENCE, "after": stage2[0], **systems[stage2[0]][f"paired_vs_{REFERENCE}"]}
+              if system.kind == "after_stage" and system.of == reference and name in systems]
+    if stage2 and f"paired_vs_{reference}" in systems[stage2[0]]:
+        results["stage2_gain"] = {"of": reference, "after": stage2[0], **systems[stage2[0]][f"paired_vs_{reference}"]}
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     write_tables(config, out, runs, results)
