@@ -10,8 +10,9 @@ Open loop (the default; bench/open_loop.py): requests arrive as a Poisson proces
 Without `--rate` it finds each scheduler's capacity (the highest rate it sustains), then
 runs both schedulers at 50% and 80% of the static scheduler's capacity; per task p50 / p90
 / p99 seconds, the time to the first piece of streamed summaries, answered per second,
-errors. `--soak S` then holds the continuous scheduler at 50% for S seconds and reports the
-server's resident memory.
+errors. `--label-wait-ms M` adds the continuous scheduler holding scored items up to M ms
+while summaries are written (`continuous_wait`) to the windows. `--soak S` then holds the
+continuous scheduler at 50% for S seconds and reports the server's resident memory.
 
 Closed loop (`--closed-loop`): N clients each send one request at a time and the next when
 the answer comes, with the static scheduler's batching on and then off.
@@ -171,25 +172,31 @@ def open_loop_runs(args, log) -> dict:
         rates = {load: load * capacity["static"] for load in (0.5, 0.8)}
     else:
         rates = {None: args.rate}
+    settings = {scheduler: ("--scheduler", scheduler) for scheduler in SCHEDULERS}
+    if args.label_wait_ms:
+        settings["continuous_wait"] = ("--scheduler", "continuous", "--label-wait-ms", str(args.label_wait_ms))
     runs, paired = [], []
     for load, rate in rates.items():
         windows = {}
-        for scheduler in SCHEDULERS:
-            with Serving(args.checkpoint, "--scheduler", scheduler) as server:
+        for name, options in settings.items():
+            with Serving(args.checkpoint, *options) as server:
                 server.warm_up(requests)
-                windows[scheduler] = asyncio.run(run_window(server.url, requests, rate, args.seconds, seed=100))
-            runs.append({"scheduler": scheduler, "load": load, **windows[scheduler].summary()})
-            log(f"{scheduler:>10} at {rate:.3f} req/s: " + ", ".join(
+                windows[name] = asyncio.run(run_window(server.url, requests, rate, args.seconds, seed=100))
+            runs.append({"scheduler": name, "load": load, **windows[name].summary()})
+            log(f"{name:>15} at {rate:.3f} req/s: " + ", ".join(
                 f"{task} p50 {v['p50']} s" for task, v in runs[-1]["tasks"].items())
                 + f"; ttft p50 {runs[-1]['ttft_p50']} s; errors {runs[-1]['errors']}")
         tasks = sorted({o.task for o in windows["static"].outcomes})
-        paired.append({"load": load, "continuous_minus_static": {
-            task: paired_p50_difference(windows["static"], windows["continuous"], task) for task in tasks}})
-        log(f"continuous - static p50 at {rate:.3f} req/s: " + ", ".join(
-            f"{task} {d['p50_diff']:+.3f} s [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-            for task, d in paired[-1]["continuous_minus_static"].items() if d))
+        paired.append({"load": load, **{f"{name}_minus_static": {
+            task: paired_p50_difference(windows["static"], windows[name], task) for task in tasks}
+            for name in settings if name != "static"}})
+        for name in settings:
+            if name != "static":
+                log(f"{name} - static p50 at {rate:.3f} req/s: " + ", ".join(
+                    f"{task} {d['p50_diff']:+.3f} s [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                    for task, d in paired[-1][f"{name}_minus_static"].items() if d))
     result = {"checkpoint": str(args.checkpoint), "capacity_rps": capacity, "runs": runs, "paired": paired,
-              "probes": probes, "seconds": args.seconds,
+              "probes": probes, "seconds": args.seconds, "label_wait_ms": args.label_wait_ms,
               **({"capacity_from": args.capacity_from} if args.capacity_from else {})}
     if args.soak:
         result["soak"] = soak(args, requests, 0.5 * capacity.get("static", args.rate or 0), log)
@@ -231,6 +238,8 @@ def main() -> None:
     parser.add_argument("--probe-seconds", type=float, default=60)
     parser.add_argument("--bisections", type=int, default=3)
     parser.add_argument("--per-task", type=int, default=24, help="distinct dev examples per task")
+    parser.add_argument("--label-wait-ms", type=float, default=0,
+                        help="open loop: also the continuous scheduler holding scored items up to this long")
     parser.add_argument("--soak", type=float, default=0, help="seconds of the soak at 50%% (0: none)")
     parser.add_argument("--json", action="store_true", help="print only the JSON result (progress to stderr)")
     args = parser.parse_args()

@@ -75,6 +75,38 @@ def test_a_classification_is_answered_while_a_long_generation_runs(predictor):
         scheduler.stop()
 
 
+def test_a_label_is_held_while_summaries_are_written_for_at_most_label_wait(predictor):
+    slow = Predictor(predictor.model, batch_size=8, max_new_tokens=400)
+    scheduler = running(slow, label_wait_s=0.2)
+    try:
+        (summary,) = scheduler.submit([SUMMARY])
+        while not scheduler.running:
+            time.sleep(0.01)
+        submitted = time.monotonic()
+        (score,) = scheduler.submit([SCORE])
+        answer = score.result(timeout=60)
+        assert time.monotonic() - submitted >= 0.2  # held, then scored between two decoding steps
+        summary.cancel()
+    finally:
+        scheduler.stop()
+    assert_same_answers([answer], slow.predict([SCORE]))
+
+
+def test_a_label_held_longer_than_the_summaries_is_scored_when_they_end(predictor):
+    scheduler = running(predictor, label_wait_s=60.0)
+    try:
+        (summary,) = scheduler.submit([SUMMARY])
+        while not scheduler.running and not summary.done():
+            time.sleep(0.005)
+        submitted = time.monotonic()
+        (score,) = scheduler.submit([SCORE])
+        answer = score.result(timeout=30)
+        assert summary.done() and time.monotonic() - submitted < 30  # not the whole wait
+    finally:
+        scheduler.stop()
+    assert_same_answers([answer], predictor.predict([SCORE]))
+
+
 def test_a_full_queue_refuses_at_once(predictor):
     scheduler = ContinuousScheduler(predictor, max_queue=3)  # not started: nothing is taken
     scheduler.submit([SCORE, SCORE])

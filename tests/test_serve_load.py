@@ -21,10 +21,10 @@ from open_loop import Outcome, Window, paired_p50_difference  # noqa: E402 - ben
 def test_both_schedulers_run_at_a_fixed_rate_and_report_per_task(registry, tmp_path):
     MTAModel(model_config("tiny-llama"), [registry.get(n) for n in ("sst2", "rte", "dialogsum")]).save(tmp_path / "m")
     out = subprocess.run([sys.executable, str(BENCH / "serve_load.py"), str(tmp_path / "m"), "--rate", "2",
-                          "--seconds", "4", "--per-task", "2", "--json"],
+                          "--seconds", "4", "--per-task", "2", "--label-wait-ms", "100", "--json"],
                          capture_output=True, text=True, timeout=600, check=True)
     result = json.loads(out.stdout)
-    assert [run["scheduler"] for run in result["runs"]] == ["static", "continuous"]
+    assert [run["scheduler"] for run in result["runs"]] == ["static", "continuous", "continuous_wait"]
     for run in result["runs"]:
         assert run["errors"] == 0 and run["answered"] == run["sent"] > 0
         assert set(run["tasks"]) == {"sst2", "rte", "dialogsum"}
@@ -32,6 +32,8 @@ def test_both_schedulers_run_at_a_fixed_rate_and_report_per_task(registry, tmp_p
         assert run["streamed"] > 0 and run["ttft_p50"] > 0  # every other summary streams
     (paired,) = result["paired"]  # the same requests under both schedulers, task by task
     assert set(paired["continuous_minus_static"]) == {"sst2", "rte", "dialogsum"}
+    assert set(paired["continuous_wait_minus_static"]) == {"sst2", "rte", "dialogsum"}
+    assert result["label_wait_ms"] == 100
 
 
 def window_of(latencies: list[float], seconds: float = 30.0, tasks=("sst2",)) -> Window:

@@ -98,6 +98,8 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
           port: int = 8000,
           scheduler: Annotated[str, typer.Option(help="continuous (scoring between decoding steps, generations "
                                                      "joining a running batch) or static")] = "continuous",
+          label_wait_ms: Annotated[float, typer.Option(help="continuous: how long a scored item may wait while "
+                                                            "summaries are written (0: scored at once)")] = 0.0,
           max_queue: Annotated[int, typer.Option(help="items waiting at most; beyond, 503 + Retry-After")] = 256,
           batching: Annotated[bool, typer.Option(help="static: predict items of concurrent requests together")] = True,
           max_batch_size: int = 16, max_wait_ms: float = 10.0, max_items: int = 64,
@@ -122,7 +124,7 @@ def serve(checkpoint: Annotated[Path, typer.Argument(help="a saved model folder"
     from alter.serve.server import create_app
 
     try:
-        config = ServeConfig(scheduler=scheduler, max_queue=max_queue, batching=batching,
+        config = ServeConfig(scheduler=scheduler, label_wait_ms=label_wait_ms, max_queue=max_queue, batching=batching,
                              max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_items=max_items, max_input_chars=max_input_chars, max_body_bytes=max_body_bytes,
                              request_timeout_s=request_timeout)

@@ -91,7 +91,8 @@ class ContinuousBatcher:
     streams = True  # reports a generation's pieces as they are written (`start_stream`)
 
     def __init__(self, predictor: Predictor, config: ServeConfig):
-        self.scheduler = ContinuousScheduler(predictor, max_rows=config.max_batch_size, max_queue=config.max_queue)
+        self.scheduler = ContinuousScheduler(predictor, max_rows=config.max_batch_size, max_queue=config.max_queue,
+                                             label_wait_s=config.label_wait_ms / 1000)
 
     def start(self) -> None:
         self.scheduler.start()

@@ -13,6 +13,9 @@ class ServeConfig(BaseModel):
     # continuous: scoring between decoding steps, generations joining and leaving a running
     # batch at every step (alter.serve.scheduler); static: one batch at a time (`Batcher`).
     scheduler: Literal["continuous", "static"] = "continuous"
+    # continuous: how long a scored item may be held while summaries are being written, so that
+    # at low load they are not slowed by every label scored between their steps (0: at once).
+    label_wait_ms: float = Field(default=0.0, ge=0)
     max_queue: int = Field(default=256, ge=1)  # items waiting; beyond it, 503 with Retry-After
     batching: bool = True  # static: items of concurrent requests predicted together
     max_batch_size: int = Field(default=16, ge=1)  # items predicted together

@@ -4,6 +4,12 @@ batch), prefills the waiting generation items into the running batch, and advanc
 running generation by one token. A classification never waits for a summary to end; a
 finished summary is answered at once, not when its batch's longest one ends.
 
+On a CPU every item scored between two decoding steps takes the cores from the summaries
+being written, so at low load they end later than under the static scheduler (which makes
+the labels wait instead). `label_wait_s` trades the one for the other: while generations
+run, scored items are held until the oldest has waited that long (then all of them are
+scored in one batch), or until no generation runs; 0 scores them at the next iteration.
+
 Every generation writes under its own settings (its request's over its task's); what the
 running batch cannot do (beam search, an encoder-decoder or sliding-window backbone:
 `MTAModel.decodes`) is predicted statically between iterations.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -35,11 +42,17 @@ class _Item:
     request: Mapping[str, Any]
     future: Future = field(default_factory=Future)
     on_piece: Pieces | None = None  # a streamed generation
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class ContinuousScheduler:
-    def __init__(self, predictor: Predictor, max_rows: int = 16, max_queue: int = 256, idle_wait_s: float = 0.05):
+    def __init__(self, predictor: Predictor, max_rows: int = 16, max_queue: int = 256, idle_wait_s: float = 0.05,
+                 label_wait_s: float = 0.0):
         self.predictor, self.max_rows, self.max_queue, self.idle_wait_s = predictor, max_rows, max_queue, idle_wait_s
+        self.label_wait_s = label_wait_s
+        # Items to predict statically (scores; generations the running batch cannot take),
+        # held while generations run (`label_wait_s`).
+        self.held: list[_Item] = []
         self.continuous = predictor.model.decodes()  # whether this model can keep a running batch
         self.batch = self._new_batch() if self.continuous else None
         self.waiting: queue.Queue[_Item] = queue.Queue()
@@ -73,8 +86,8 @@ class ContinuousScheduler:
     def _run(self) -> None:
         while True:
             busy = self.batch is not None and len(self.batch) > 0
-            new = self._take(block=not busy)
-            if self._stop.is_set() and not new and not busy and self.waiting.empty():
+            new = self._take(block=not busy and not self.held)
+            if self._stop.is_set() and not new and not busy and not self.held and self.waiting.empty():
                 return
             try:
                 self._iterate(new)
@@ -106,8 +119,10 @@ class ContinuousScheduler:
                 generating.append((item, settings))
             else:
                 static.append(item)
-        if static:
-            self._predict_statically(static)
+        self.held = [item for item in [*self.held, *static] if not item.future.cancelled()]
+        if self.held and self._scoring_due():
+            self._predict_statically(self.held)
+            self.held = []  # after: a failed batch's items are failed with the rest (`_fail_all`)
         if self.continuous:
             self._admit(generating)
             for entry, item in self.running.values():
@@ -115,6 +130,13 @@ class ContinuousScheduler:
             self.batch.step()
             in_batch = {id(entry) for entry in self.batch.rows}
             self.running = {key: value for key, value in self.running.items() if key in in_batch}
+
+    def _scoring_due(self) -> bool:
+        """Whether the held items are scored now: when no generation runs, when the oldest
+        has waited `label_wait_s`, or when the scheduler is stopping."""
+        generating = self.continuous and len(self.batch) > 0
+        oldest = min(item.arrived for item in self.held)
+        return not generating or self._stop.is_set() or time.monotonic() - oldest >= self.label_wait_s
 
     def _predict_statically(self, items: list[_Item]) -> None:
         results = self.predictor.predict([item.request for item in items])
@@ -171,10 +193,10 @@ class ContinuousScheduler:
     def _fail_all(self, new: list[_Item], error: Exception) -> None:
         """A failed iteration fails the items it held and every running row (their batch is
         gone); the scheduler carries on with the next requests."""
-        for item in [*new, *(item for _, item in self.running.values())]:
+        for item in [*new, *self.held, *(item for _, item in self.running.values())]:
             if not item.future.done():
                 item.future.set_exception(error)
-        self.running = {}
+        self.running, self.held = {}, []
         if self.batch is not None:
             self.batch = self._new_batch()
 
