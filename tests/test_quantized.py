@@ -2,6 +2,11 @@
 prompt passes, scoring and wherever a gradient is wanted; the experts, adapters and heads
 untouched; nothing saved."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -183,3 +188,16 @@ def test_the_command_lines_choices_are_the_configs():
 def test_an_unknown_setting_is_refused_with_its_name():
     with pytest.raises(ValueError, match="'int4' is not one of int8, none"):
         quantize_linears(nn.Sequential(_linear()), set(), "int4")
+
+
+def test_the_int8_scoring_probe_reports_each_setting_against_float32(registry, tmp_path):
+    """bench/int8_scoring.py, the measurement behind scoring in float32, runs end to end."""
+    MTAModel(model_config("tiny-llama"), [registry.get(name) for name in ("sst2", "rte")]).save(tmp_path / "m")
+    bench = Path(__file__).resolve().parents[1] / "bench" / "int8_scoring.py"
+    out = subprocess.run([sys.executable, str(bench), str(tmp_path / "m"), "--per-task", "3", "--json"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(out.stdout)
+    assert report["int8_layers"] > 0 and len(report["settings"]) == 4
+    for found in report["settings"].values():
+        assert found["sst2"]["examples"] == found["rte"]["examples"] == 3
+        assert 0 <= found["sst2"]["mean_change"] <= found["sst2"]["max_change"] <= 1
