@@ -187,14 +187,13 @@ def open_loop_runs(args, log) -> dict:
                 f"{task} p50 {v['p50']} s" for task, v in runs[-1]["tasks"].items())
                 + f"; ttft p50 {runs[-1]['ttft_p50']} s; errors {runs[-1]['errors']}")
         tasks = sorted({o.task for o in windows["static"].outcomes})
-        paired.append({"load": load, **{f"{name}_minus_static": {
-            task: paired_p50_difference(windows["static"], windows[name], task) for task in tasks}
-            for name in settings if name != "static"}})
-        for name in settings:
-            if name != "static":
-                log(f"{name} - static p50 at {rate:.3f} req/s: " + ", ".join(
-                    f"{task} {d['p50_diff']:+.3f} s [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-                    for task, d in paired[-1][f"{name}_minus_static"].items() if d))
+        paired.append({"load": load})
+        for name in [name for name in settings if name != "static"]:  # each against static, request by request
+            differences = {task: paired_p50_difference(windows["static"], windows[name], task) for task in tasks}
+            paired[-1][f"{name}_minus_static"] = differences
+            log(f"{name} - static p50 at {rate:.3f} req/s: " + ", ".join(
+                f"{task} {d['p50_diff']:+.3f} s [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                for task, d in differences.items() if d))
     result = {"checkpoint": str(args.checkpoint), "capacity_rps": capacity, "runs": runs, "paired": paired,
               "probes": probes, "seconds": args.seconds, "label_wait_ms": args.label_wait_ms,
               **({"capacity_from": args.capacity_from} if args.capacity_from else {})}

@@ -18,6 +18,8 @@ from alter.experiment.paired import paired_bootstrap, seed_t_interval
 from alter.experiment.tables import write_tables
 
 RESULTS_FILE = "results.json"
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
