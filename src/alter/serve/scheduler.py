@@ -85,7 +85,7 @@ class ContinuousScheduler:
     # --- the worker ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            busy = self.batch is not None and len(self.batch) > 0
+            busy = self._generating()
             new = self._take(block=not busy and not self.held)
             if self._stop.is_set() and not new and not busy and not self.held and self.waiting.empty():
                 return
@@ -134,9 +134,12 @@ class ContinuousScheduler:
     def _scoring_due(self) -> bool:
         """Whether the held items are scored now: when no generation runs, when the oldest
         has waited `label_wait_s`, or when the scheduler is stopping."""
-        generating = self.continuous and len(self.batch) > 0
         oldest = min(item.arrived for item in self.held)
-        return not generating or self._stop.is_set() or time.monotonic() - oldest >= self.label_wait_s
+        return not self._generating() or self._stop.is_set() or time.monotonic() - oldest >= self.label_wait_s
+
+    def _generating(self) -> bool:
+        """Whether rows are decoding in the running batch."""
+        return self.batch is not None and len(self.batch) > 0
 
     def _predict_statically(self, items: list[_Item]) -> None:
         results = self.predictor.predict([item.request for item in items])

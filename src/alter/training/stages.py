@@ -7,7 +7,7 @@ from torch import nn
 from alter.config import StageConfig
 from alter.models.contract import TrainableModel
 
-# mta.fusion's attention sits at `fusion` in every LoRA layer (alter.mta.experts.LoRAExperts).
+# mta.fusion's attention sits at `fusion` in every LoRA layer (alter.mta.experts.LoRAExpertLinear).
 FUSION_PARAMETERS = ".fusion."
 
 STAGE_GROUPS: dict[str, set[str]] = {
