@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from safetensors.torch import load_file
 from alter.config import ModelConfig, load_config
 from alter.data.registry import builtin_registry
 from alter.data.task import data_root
+from alter.models.mta_model import MTAModel
 from alter.mta import MTAConfig
 from alter.training import loop
 
@@ -77,6 +81,15 @@ def examples_for(samples, head):
 def tiny(tmp_path, name: str, *overrides: str):
     """configs/tiny.yaml, writing into `tmp_path / name`, with `overrides` (key=value)."""
     return load_config(ROOT / "configs" / "tiny.yaml", [f"output_dir={tmp_path / name}", *overrides])
+
+
+def scoring_probe_report(registry, tmp_path, script: str) -> dict:
+    """The --json report of `bench/<script>` on a saved tiny-Llama MTA model of sst2 and rte,
+    three dev examples a task (the scoring probes take a model folder and --per-task)."""
+    MTAModel(model_config("tiny-llama"), [registry.get(name) for name in ("sst2", "rte")]).save(tmp_path / "m")
+    command = [sys.executable, str(ROOT / "bench" / script), str(tmp_path / "m"), "--per-task", "3", "--json"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout)
 
 
 def saved_weights(run) -> dict[str, torch.Tensor]:

@@ -2,11 +2,6 @@
 prompt passes, scoring and wherever a gradient is wanted; the experts, adapters and heads
 untouched; nothing saved."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -14,7 +9,7 @@ from torch import nn
 from alter.config import SharedLoraConfig
 from alter.models.mta_model import MTAModel
 from alter.models.quantized import Int8InferenceLinear, int8_prompts, quantize_linears
-from tests.conftest import FAMILIES, examples_for, model_config, randomise_experts, tasks_for
+from tests.conftest import FAMILIES, examples_for, model_config, randomise_experts, scoring_probe_report, tasks_for
 
 
 def _linear(seed: int = 0) -> nn.Linear:
@@ -192,11 +187,7 @@ def test_an_unknown_setting_is_refused_with_its_name():
 
 def test_the_int8_scoring_probe_reports_each_setting_against_float32(registry, tmp_path):
     """bench/int8_scoring.py, the measurement behind scoring in float32, runs end to end."""
-    MTAModel(model_config("tiny-llama"), [registry.get(name) for name in ("sst2", "rte")]).save(tmp_path / "m")
-    bench = Path(__file__).resolve().parents[1] / "bench" / "int8_scoring.py"
-    out = subprocess.run([sys.executable, str(bench), str(tmp_path / "m"), "--per-task", "3", "--json"],
-                         capture_output=True, text=True, timeout=300, check=True)
-    report = json.loads(out.stdout)
+    report = scoring_probe_report(registry, tmp_path, "int8_scoring.py")
     assert report["int8_layers"] > 0 and len(report["settings"]) == 4
     for found in report["settings"].values():
         assert found["sst2"]["examples"] == found["rte"]["examples"] == 3
