@@ -90,7 +90,10 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=100)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    model = alter.load(args.model, "int8")
+    try:
+        model = alter.load(args.model, "int8")
+    except FileNotFoundError as error:  # no saved model there: say so, as argparse says a bad flag
+        parser.error(str(error))
     root, tasks = data_root(), {task.name: task for task in model.tasks}
     names = [name for name in TASKS if name in tasks]
     dev = {name: tasks[name].read("dev", root)[: args.per_task] for name in names}

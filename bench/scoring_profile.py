@@ -52,7 +52,11 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=100)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    model = alter.load(args.model) if args.model else alter.MTAModel.from_backbone("smollm2-135m", tasks=list(TASKS))
+    try:
+        model = (alter.load(args.model) if args.model
+                 else alter.MTAModel.from_backbone("smollm2-135m", tasks=list(TASKS)))
+    except FileNotFoundError as error:  # no saved model there: say so, as argparse says a bad flag
+        parser.error(str(error))
     model.eval()
     root, tasks = data_root(), {task.name: task for task in model.tasks}
     examples = [example for name in TASKS if name in tasks
