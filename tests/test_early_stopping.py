@@ -146,6 +146,24 @@ def test_a_task_the_stage_only_makes_worse_ends_as_it_began(registry, samples, t
     assert not torch.equal(params["head.heads.rte.weight"], start["head.heads.rte.weight"])
 
 
+@pytest.mark.parametrize("per_task", [False, True])
+def test_gains_below_min_delta_neither_wait_longer_nor_replace_the_start(registry, samples, tmp_path, per_task):
+    """Every check gains 1-2 points on the one before (3 in all), below a 5-point margin: the
+    stage stops after `patience` checks and ends with the weights it started from."""
+    model = _model(registry)
+    start = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    script = {"sst2": [0.50, 0.52, 0.53, 0.53], "rte": [0.60, 0.60, 0.61, 0.63]}
+    stage = StageConfig("stage1", steps=40, lr=5e-2, warmup_ratio=0.0, eval_every=2, save_every=4,
+                        early_stopping=EarlyStoppingConfig(patience=2, per_task=per_task, min_delta=5.0,
+                                                           until_learned=False))
+    evaluate = Scripted(model, script)
+    result = train_stage(model, stage, stage_rows(model, samples, RATES), tmp_path / "s1",
+                         RunLog(tmp_path / "log.jsonl"), 0, validation_scores=evaluate)
+    assert result.steps == 4 and evaluate.calls == 3  # the start and two checks without a 5-point gain
+    for name, value in start.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].detach(), value, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("until_learned,stops_at", [(True, 14), (False, 6)])
 def test_a_task_at_its_trivial_score_waits_to_learn(registry, samples, tmp_path, until_learned, stops_at):
     """rte sits at its trivial score (all-positive F1 0.8) for four evaluations, then learns; a

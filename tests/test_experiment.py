@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import alter
 from alter.cli import app
 from alter.config import ConfigError
 from alter.experiment.config import load_experiment
 from alter.experiment.results import write_results
 from alter.experiment.runner import copy_shared_stages, run_experiment
+from alter.mta.gate import TaskGate
 
 TINY = Path(__file__).parent.parent / "configs" / "experiment-tiny.yaml"
 SYSTEMS = {"mta", "mta_stage1", "mta_joint", "single_lora", "multi_lora", "multi_full", "encoder", "bilstm", "lead"}
@@ -135,6 +137,10 @@ systems:
       stages:
         - {{kind: stage1, steps: 4, batch_size: 4, lr: 1.0e-3}}
         - {{kind: stage2, steps: 2, batch_size: 4, lr: 1.0e-2, train_on: held_out}}
+  input_gates:  # stage-1 gates are fixed: an input router may join after them
+    seeds: [0]
+    starts_from: {{system: mta, stage: stage1}}
+    set: {{model: {{mta: {{gate: task+input}}}}}}
   calibrated:  # mta's trained model with decision offsets: nothing trained again
     seeds: [0]
     starts_from: {{system: mta, stage: stage2}}
@@ -225,6 +231,15 @@ def test_a_variant_starts_from_the_shared_stage_without_training_it_again(seeded
     assert result["shared_stages"] == ["stage1"]
     assert result["train_seconds"] == pytest.approx(report["stages"]["stage2"]["wall_seconds"], abs=0.01)
     assert not (out / "seed1" / "softmax_gates").exists()  # seed 0 only
+
+
+def test_input_gates_start_from_the_stage1_of_task_gates_and_train_their_router(seeded):
+    _, _, out = seeded
+    assert json.loads((out / "seed0" / "input_gates" / "result.json").read_text())["shared_stages"] == ["stage1"]
+    trained = alter.load(out / "seed0" / "input_gates" / "model", quantize="none")
+    routers = [module.router for module in trained.modules() if isinstance(module, TaskGate)]
+    assert trained.config.mta.gate == "task+input" and routers
+    assert any(router.weight.abs().sum() > 0 for router in routers)  # zero at the start, trained by stage 2
 
 
 def test_gates_trained_on_held_out_examples_see_no_auxiliary_task(seeded):

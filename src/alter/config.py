@@ -146,7 +146,9 @@ class EarlyStoppingConfig(_Strict):
     has not started to learn. It trains on until it rises above it, or the stage's steps run out."""
 
     patience: int = Field(default=3, ge=1)
-    min_delta: float = Field(default=0.0, ge=0)  # on the 0-100 scale: a smaller gain is no improvement
+    # On the 0-100 scale: a smaller gain is no improvement, so it neither resets the patience nor
+    # replaces the weights kept as best (the whole model's, or each task's own).
+    min_delta: float = Field(default=0.0, ge=0)
     per_task: bool = False
     until_learned: bool = True
 

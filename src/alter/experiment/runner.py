@@ -122,9 +122,11 @@ def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path
     shared = labels[: labels.index(source.stage) + 1]
     old, new = theirs.model_dump(mode="json"), mine.model_dump(mode="json")
     if all(stage.kind == "stage1" for stage in theirs.stages[: len(shared)]):
-        # Fixed stage-1 gates never read an attention fusion (`mta.fusion`, zero until a
-        # collaboration trains it): a fused system may start from the stage 1 of one without.
-        old["model"]["mta"]["fusion"] = new["model"]["mta"]["fusion"]
+        # Fixed stage-1 gates read neither an attention fusion (`mta.fusion`, zero until a
+        # collaboration trains it) nor an input router (`mta.gate`'s `input`, likewise): a
+        # system with either may start from the stage 1 of one without.
+        for setting in ("fusion", "gate"):
+            old["model"]["mta"][setting] = new["model"]["mta"][setting]
     changes = [change for key in ("seed", "model", "data") for change in differences(old[key], new[key], key)]
     changes += [change for index in range(len(shared)) for change in
                 differences(old["stages"][index], new["stages"][index] if index < len(new["stages"]) else None,

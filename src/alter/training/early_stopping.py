@@ -78,8 +78,10 @@ class EarlyStopper:
         stopped at it (the mixture then changes). Sets `finished` when the stage should end."""
         if not self.config.per_task:
             macro = 100.0 * sum(scores.values()) / max(len(scores), 1)
-            self.waited = 0 if macro > self.best_macro + self.config.min_delta else self.waited + 1
-            self.best_macro = max(self.best_macro, macro)
+            if macro > self.best_macro + self.config.min_delta:
+                self.best_macro, self.waited = macro, 0
+            else:
+                self.waited += 1
             self.finished = self.waited >= self.config.patience
             return False
         newly = False

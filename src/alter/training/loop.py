@@ -292,7 +292,8 @@ class StageRun:
         score = 100.0 * sum(scores.values()) / max(len(scores), 1)
         self.log.write({"stage": self.stage.label, "step": at_step, "eval_macro": score, "eval_scores": scores})
         self.model.train()
-        if score > self.best:
+        margin = self.stopper.config.min_delta if self.stopper else 0.0
+        if score > self.best + margin:  # early_stopping.min_delta: a smaller gain is none
             self.best = score
             if self.ranks.is_main:
                 self.model.save(self.stage_dir / BEST_FOLDER, {"stage": self.stage.label, "step": at_step,
