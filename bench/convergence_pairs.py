@@ -26,6 +26,8 @@ def main() -> None:
                                                        "mta_aux_stage1:mta_stage1"])
     args = parser.parse_args()
     pairs = [pair.split(":") for pair in args.pairs]
+    if malformed := [text for text, pair in zip(args.pairs, pairs) if len(pair) != 2 or not all(pair)]:
+        parser.error(f"--pairs: {malformed[0]!r} is not SYSTEM_A:SYSTEM_B")
     names = {name for pair in pairs for name in pair}
     runs = {name: {seed: json.loads(path.read_text()) for seed in args.seeds
                    if (path := args.runs / f"seed{seed}" / name / "result.json").exists()} for name in names}
