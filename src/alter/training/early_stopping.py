@@ -1,7 +1,8 @@
 """Early stopping: a stage ends when its validation score stops improving, with its best weights.
 
 For the whole model, the best evaluation's checkpoint (`stage_dir/best`, which the loop writes
-whenever the validation macro improves) is loaded when the stage ends. Per task, each task
+whenever the validation macro improves by more than `min_delta`) is loaded when the stage ends;
+the loop alone decides what counts as a gain, and tells `observe`. Per task, each task
 stops on its own: its rows leave the mixture once it has not improved for `patience`
 evaluations, and when the stage ends its own weights (`TrainableModel.task_parameters`: its
 expert's rows, its gate row, its head) are put back to those of its best evaluation. That is
@@ -63,7 +64,7 @@ class EarlyStopper:
         for `config.until_learned`."""
         self.model, self.config, self.stage_dir = model, config, stage_dir
         self.floors = floors or {}
-        self.best_macro, self.waited = -math.inf, 0  # the whole model
+        self.waited = 0  # the whole model: evaluations since its last gain
         self.best: dict[str, float] = {}  # per task: best main score (0-100) and evaluations since
         self.task_waited: dict[str, int] = {}
         self.stopped: list[str] = []
@@ -73,15 +74,13 @@ class EarlyStopper:
             self.owned = {task.name: model.task_parameters(model.task_id(task.name)) for task in model.tasks}
             check_isolated(self.owned, trainable)
 
-    def observe(self, scores: dict[str, float]) -> bool:
-        """Take one evaluation's validation scores ({task: main score, 0-1}); whether a task
-        stopped at it (the mixture then changes). Sets `finished` when the stage should end."""
+    def observe(self, scores: dict[str, float], model_improved: bool) -> bool:
+        """Take one evaluation's validation scores ({task: main score, 0-1}) and whether the
+        whole model's macro gained on its best (the loop's judgement, which also keeps its
+        checkpoint); whether a task stopped at it (the mixture then changes). Sets `finished`
+        when the stage should end."""
         if not self.config.per_task:
-            macro = 100.0 * sum(scores.values()) / max(len(scores), 1)
-            if macro > self.best_macro + self.config.min_delta:
-                self.best_macro, self.waited = macro, 0
-            else:
-                self.waited += 1
+            self.waited = 0 if model_improved else self.waited + 1
             self.finished = self.waited >= self.config.patience
             return False
         newly = False
@@ -140,15 +139,13 @@ class EarlyStopper:
 
     # --- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"early_stopping": {"best_macro": self.best_macro if math.isfinite(self.best_macro) else None,
-                                   "waited": self.waited, "best": self.best, "task_waited": self.task_waited,
+        return {"early_stopping": {"waited": self.waited, "best": self.best, "task_waited": self.task_waited,
                                    "stopped": self.stopped, "finished": self.finished}}
 
     def load(self, meta: dict[str, Any]) -> None:
         saved = meta.get("early_stopping")
         if not saved:
             return
-        self.best_macro = saved["best_macro"] if saved["best_macro"] is not None else -math.inf
         self.waited, self.best, self.task_waited = saved["waited"], saved["best"], saved["task_waited"]
         self.stopped, self.finished = saved["stopped"], saved["finished"]
 

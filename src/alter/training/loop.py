@@ -293,12 +293,13 @@ class StageRun:
         self.log.write({"stage": self.stage.label, "step": at_step, "eval_macro": score, "eval_scores": scores})
         self.model.train()
         margin = self.stopper.config.min_delta if self.stopper else 0.0
-        if score > self.best + margin:  # early_stopping.min_delta: a smaller gain is none
+        improved = score > self.best + margin  # early_stopping.min_delta: a smaller gain is none
+        if improved:
             self.best = score
             if self.ranks.is_main:
                 self.model.save(self.stage_dir / BEST_FOLDER, {"stage": self.stage.label, "step": at_step,
                                                               "macro": score})
-        if self.stopper and self.stopper.observe(scores):
+        if self.stopper and self.stopper.observe(scores, model_improved=improved):
             self.log.write({"stage": self.stage.label, "step": at_step, "stopped_tasks": self.stopper.stopped,
                             "best_scores": self.stopper.best})
             self.follow(self.stopper.rates(self.data.task_names, self.plan.rates), at_step)
