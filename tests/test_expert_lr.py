@@ -83,14 +83,18 @@ def test_routed_shares_without_experts_is_a_clear_error(registry, samples, tmp_p
         train_stage(model, stage, data, tmp_path, RunLog(tmp_path / "log"), 0)
 
 
-def test_one_task_batches_leave_the_other_tasks_experts_where_they_are(registry, samples, tmp_path, monkeypatch):
-    """With one task per batch, an expert moves only at its task's steps: Adam's momentum alone
-    does not carry it on through the other tasks' batches. A shared expert moves at every step."""
+@pytest.mark.parametrize("kind", ["stage1", "joint"])
+def test_one_task_batches_leave_the_other_tasks_experts_where_they_are(registry, samples, tmp_path, monkeypatch,
+                                                                        kind):
+    """With one task per batch, an expert moves only at its task's steps: neither Adam's
+    momentum nor (joint) another task's gradient through its small learned gate weight, which
+    Adam would scale up to a full step, carries it through the other tasks' batches. A shared
+    expert moves at every step."""
     tasks = [registry.get("sst2"), registry.get("stsb")]
     torch.manual_seed(0)
     model = MTAModel(model_config("tiny-llama", kind="lora", rank=2, shared_expert=True), tasks)
     lora = next(module for module in model.modules() if isinstance(module, LoRAExpertLinear))
-    stage = StageConfig(kind="stage1", steps=12, lr=1e-2, warmup_ratio=0.0, batch_size=2, batches="one_task",
+    stage = StageConfig(kind=kind, steps=12, lr=1e-2, warmup_ratio=0.0, batch_size=2, batches="one_task",
                         save_every=100)
     data = stage_rows(model, samples, {"sst2": 0.5, "stsb": 0.5})
     task_at = [TaskPlan(data, stage, 0).batch(step, 0)[0][0] for step in range(12)]
@@ -108,3 +112,6 @@ def test_one_task_batches_leave_the_other_tasks_experts_where_they_are(registry,
     for step, task in enumerate(task_at):
         moved = [not torch.equal(weights[step + 1][k], weights[step][k]) for k in range(3)]
         assert moved == [task == 0, task == 1, True], f"step {step} (a batch of task {task})"
+    if kind == "joint":  # the gates learned meanwhile: each task now draws on the other's expert
+        gate = model.mta_layers[0].gate
+        assert (gate.task_logits.detach() != 0).all()

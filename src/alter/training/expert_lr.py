@@ -16,6 +16,9 @@ With one task per stage-1 batch (`batches: one_task`) the other tasks' experts g
 gradient, and Adam would still move them on their momentum, at a size that their rare
 gradients inflate (about sqrt(1 / rate) times their own steps): `routed_experts` gives the
 scale (1 for the experts the batch's tasks route to, 0 for the rest) that keeps them still.
+A joint stage with one task per batch keeps them still too: there the batch's task reaches the
+other experts through small learned gate weights, a gradient that Adam would scale up to a full
+step in that task's direction.
 """
 
 from __future__ import annotations

@@ -77,9 +77,13 @@ def _expert_step_scaler(model: TrainableModel, stage: StageConfig, data: StageDa
 
 def _still_experts(model: TrainableModel, stage: StageConfig, data: StageData,
                    trainable: dict[str, torch.nn.Parameter]) -> Callable[[set[int]], ExpertStepScaler] | None:
-    """With one task per stage-1 batch: for the tasks of a step, the scaler that keeps every
-    other task's expert where it is (alter.training.expert_lr)."""
-    if stage.batches != "one_task" or stage.kind != "stage1":
+    """With one task per batch (stage 1, or joint): for the tasks of a step, the scaler that
+    keeps every other task's expert where it is (alter.training.expert_lr). In a joint stage a
+    task also reaches the other experts through its learned gate weights, at first near 0; Adam
+    would scale that small gradient up to a full step, so every batch of every task would move
+    every expert as far as its own task does. Each expert steps on its own tasks' batches only,
+    and the gates learn how the tasks draw on them."""
+    if stage.batches != "one_task" or stage.kind == "stage2":
         return None
     experts = _trained_experts(model, trainable)
     if not experts:
