@@ -83,7 +83,7 @@ def _still_experts(model: TrainableModel, stage: StageConfig, data: StageData,
     would scale that small gradient up to a full step, so every batch of every task would move
     every expert as far as its own task does. Each expert steps on its own tasks' batches only,
     and the gates learn how the tasks draw on them."""
-    if stage.batches != "one_task" or stage.kind == "stage2":
+    if stage.batches != "one_task" or stage.kind not in ("stage1", "joint"):
         return None
     experts = _trained_experts(model, trainable)
     if not experts:
