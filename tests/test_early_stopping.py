@@ -187,6 +187,25 @@ def test_a_task_at_its_trivial_score_waits_to_learn(registry, samples, tmp_path,
     assert rte_stopped[0] == stops_at
 
 
+@pytest.mark.parametrize("until_learned,stops_at", [(True, 12), (False, 6)])
+def test_the_whole_model_waits_for_every_task_to_pass_its_trivial_score(registry, samples, tmp_path,
+                                                                        until_learned, stops_at):
+    """The macro peaks at step 2 (75) while rte sits at its trivial F1 0.8 until step 10: checks
+    before rte learns count no patience, so the stage stops two checks after it (step 12), not
+    two checks after the peak (step 6), and ends with the peak's weights either way."""
+    model = _model(registry)
+    script = {"sst2": [0.0, 0.7, 0.6, 0.6, 0.6, 0.6, 0.6], "rte": [0.0, 0.8, 0.8, 0.8, 0.8, 0.85, 0.84]}
+    stage = StageConfig("stage1", steps=40, lr=5e-2, warmup_ratio=0.0, eval_every=2, save_every=4,
+                        early_stopping=EarlyStoppingConfig(patience=2, until_learned=until_learned))
+    evaluate = Scripted(model, script)
+    result = train_stage(model, stage, stage_rows(model, samples, RATES), tmp_path / "s1",
+                         RunLog(tmp_path / "log.jsonl"), 0, validation_scores=evaluate,
+                         floors={"sst2": 0.5, "rte": 0.8})
+    assert result.steps == stops_at
+    for name, value in evaluate.weights[1].items():  # the weights scored at step 2
+        torch.testing.assert_close(dict(model.named_parameters())[name].detach(), value, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("mta,lora,shared", [
     ({"shared_expert": True}, False, r"row\(s\) no single task owns"),
     ({"assignment": {"sst2": 0, "rte": 0}, "num_experts": 1}, False, "serves several tasks"),

@@ -140,10 +140,13 @@ class EarlyStoppingConfig(_Strict):
     share no trained weight (no shared expert or shared LoRA in training, one expert per task),
     as AdapterFusion's single-task adapters.
 
-    `until_learned` (per task): a task whose validation score is not yet above its trivial
-    score there (mrpc's all-positive F1, cola's MCC of 0) counts no patience: a main metric
-    that stays flat until the model passes the trivial rule would otherwise stop a task that
-    has not started to learn. It trains on until it rises above it, or the stage's steps run out."""
+    `until_learned`: a task whose validation score is not yet above its trivial score there
+    (mrpc's all-positive F1, cola's MCC of 0) counts no patience: a main metric that stays flat
+    until the model passes the trivial rule would otherwise stop a task that has not started to
+    learn. Per task, that task trains on until it rises above it; for the whole model, no
+    patience counts while any scored task is at its trivial score (the best checkpoint is still
+    the best macro). Either way, at most until the stage's steps run out. Runs made before
+    2026-12-07 stopped whole models without it: their configs say `until_learned: false`."""
 
     patience: int = Field(default=3, ge=1)
     # On the 0-100 scale: a smaller gain is no improvement, so it neither resets the patience nor

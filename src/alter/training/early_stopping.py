@@ -7,6 +7,9 @@ stops on its own: its rows leave the mixture once it has not improved for `patie
 evaluations, and when the stage ends its own weights (`TrainableModel.task_parameters`: its
 expert's rows, its gate row, its head) are put back to those of its best evaluation. That is
 only sound when no trained weight serves two tasks, which `check_isolated` makes sure of.
+With `until_learned`, a check at which a task is not yet above its trivial score counts no
+patience: for that task alone (per task), or for the whole model (until every task is above its
+own), so that neither way of stopping ends a task's training before it has started to learn.
 
 Everything the stopper knows is in the stage's checkpoint (`state`) and in
 `stage_dir/best_per_task.safetensors`, so an interrupted stage resumes, and a stopped one
@@ -80,7 +83,10 @@ class EarlyStopper:
         checkpoint); whether a task stopped at it (the mixture then changes). Sets `finished`
         when the stage should end."""
         if not self.config.per_task:
-            self.waited = 0 if model_improved else self.waited + 1
+            if model_improved:
+                self.waited = 0
+            elif not self._some_task_unlearned(scores):
+                self.waited += 1
             self.finished = self.waited >= self.config.patience
             return False
         newly = False
@@ -99,6 +105,12 @@ class EarlyStopper:
                     newly = True
         self.finished = all(task in self.stopped for task in scores)
         return newly
+
+    def _some_task_unlearned(self, scores: dict[str, float]) -> bool:
+        """`until_learned` for the whole model: some task with a known trivial score is not yet
+        above it, so no patience counts down (the stage trains on, to its steps at most)."""
+        return self.config.until_learned and any(not beats_trivial(score, self.floors[task])
+                                                 for task, score in scores.items() if task in self.floors)
 
     def rates(self, task_names: Sequence[str], rates: Sequence[float]) -> list[float]:
         """`rates` without the stopped tasks, renormalised (unchanged if nothing would be left)."""

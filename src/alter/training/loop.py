@@ -109,8 +109,8 @@ def train_stage(model: TrainableModel, stage: StageConfig, data: StageData, stag
 
     `unlearned` (for `stage.rebalance`) scores the validation examples and returns the tasks
     not above their trivial score there, as {task: (score, trivial score)}; `floors` are those
-    trivial scores (0-1), which per-task early stopping waits for a task to pass
-    (`early_stopping.until_learned`).
+    trivial scores (0-1), which early stopping waits for a task to pass before it counts
+    patience (`early_stopping.until_learned`).
 
     On several processes (`ranks`), each runs its share of every global batch and the
     gradients are averaged (by DDP, or by `finish_gradients` under FSDP); the main process

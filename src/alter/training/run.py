@@ -66,8 +66,8 @@ def run_training(config: Config,
     _check_settings(config, model, bool(validation))
     run_log = _run_log(config, out, ranks.is_main)
     # What `Scorer.unlearned` and per-task early stopping compare the validation scores with.
-    floors_needed = any(stage.rebalance or (stage.early_stopping and stage.early_stopping.per_task
-                                            and stage.early_stopping.until_learned) for stage in config.stages)
+    floors_needed = any(stage.rebalance or (stage.early_stopping and stage.early_stopping.until_learned)
+                        for stage in config.stages)
     scorer = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
                    trivial_scores(tasks, train_sets, validation) if floors_needed and validation else None)
     before = scorer("before", "the untrained model")["metrics"] if config.eval.before_training else None
