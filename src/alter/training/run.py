@@ -65,7 +65,7 @@ def run_training(config: Config,
     model = place(model, device, ranks, config.distributed.strategy)
     _check_settings(config, model, bool(validation))
     run_log = _run_log(config, out, ranks.is_main)
-    # What `Scorer.unlearned` and per-task early stopping compare the validation scores with.
+    # What `Scorer.unlearned` and early stopping (`until_learned`) compare the validation scores with.
     floors_needed = any(stage.rebalance or (stage.early_stopping and stage.early_stopping.until_learned)
                         for stage in config.stages)
     scorer = Scorer(model, tasks, out, eval_sets, validation, config.eval, ranks, run_log,
