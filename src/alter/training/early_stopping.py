@@ -96,7 +96,7 @@ class EarlyStopper:
             if 100.0 * score > self.best.get(task, -math.inf) + self.config.min_delta:
                 self.best[task], self.task_waited[task] = 100.0 * score, 0
                 self._snapshot(task)
-            elif self.config.until_learned and not beats_trivial(score, self.floors.get(task, -math.inf)):
+            elif self._at_trivial(task, score):
                 continue  # not learned yet: no patience counts down
             else:
                 self.task_waited[task] = self.task_waited.get(task, 0) + 1
@@ -107,10 +107,13 @@ class EarlyStopper:
         return newly
 
     def _some_task_unlearned(self, scores: dict[str, float]) -> bool:
-        """`until_learned` for the whole model: some task with a known trivial score is not yet
-        above it, so no patience counts down (the stage trains on, to its steps at most)."""
-        return self.config.until_learned and any(not beats_trivial(score, self.floors[task])
-                                                 for task, score in scores.items() if task in self.floors)
+        """`until_learned` for the whole model: some task is still at its trivial score, so no
+        patience counts down (the stage trains on, to its steps at most)."""
+        return any(self._at_trivial(task, score) for task, score in scores.items())
+
+    def _at_trivial(self, task: str, score: float) -> bool:
+        """`until_learned`: the task has a known trivial score and is not yet above it."""
+        return self.config.until_learned and task in self.floors and not beats_trivial(score, self.floors[task])
 
     def rates(self, task_names: Sequence[str], rates: Sequence[float]) -> list[float]:
         """`rates` without the stopped tasks, renormalised (unchanged if nothing would be left)."""
