@@ -22,6 +22,10 @@ class StageSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     system: str
     stage: str
+    # The source's early stopping ended `stage`; train it on under this system's, which may
+    # differ from the source's in `early_stopping` alone and must not have ended it sooner
+    # (alter.training.continuation). Its steps then count as this system's own.
+    continue_stopped: bool = False
 
 
 class SystemConfig(BaseModel):

@@ -23,6 +23,7 @@ from alter.experiment.config import ExperimentConfig, SystemConfig
 from alter.experiment.results import write_results
 from alter.models.bilstm import BiLSTMModel
 from alter.models.mta_model import MTAModel
+from alter.training.continuation import STOP_RECORD, continue_stopped_stage
 from alter.training.datasets import load_split, load_tasks, task_rates
 from alter.training.early_stopping import stage_finished
 from alter.training.resume import differences, resume_conflict
@@ -87,8 +88,11 @@ def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dic
     build = partial(BiLSTMModel, lstm=system.bilstm) if system.architecture == "bilstm" else MTAModel
     if not system.per_task:
         shared = copy_shared_stages(config, name, seed, out) if system.starts_from is not None else []
-        return _own_cost(_summary(Report.model_validate(run_training(config.train_config(name, seed, out), build))),
-                         shared)
+        summary = _own_cost(_summary(Report.model_validate(run_training(config.train_config(name, seed, out), build))),
+                            shared)
+        if system.starts_from is not None and system.starts_from.continue_stopped:
+            summary["continues"] = f"{system.starts_from.system}: {system.starts_from.stage}"
+        return summary
     base = config.train_config(name, seed, out)
     names = base.data.scored_tasks()  # an auxiliary task alone would never be scored
     rates = _mixture_rates(base)
@@ -110,8 +114,9 @@ def run_system(config: ExperimentConfig, name: str, seed: int, out: Path) -> dic
 def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path) -> list[str]:
     """Put the checkpoints of the stages that `name` shares with its `starts_from` system (up
     to and including the named stage) into `out`, with their log lines; training then resumes
-    after them. Refused unless both systems' configs agree on everything those stages used.
-    Returns the shared stages' labels."""
+    after them. Refused unless both systems' configs agree on everything those stages used
+    (but the named stage's early stopping, where it is continued: `continue_stopped`).
+    Returns the labels of the stages taken whole (a continued stage is this system's own)."""
     source = config.systems[name].starts_from
     source_dir = out.parent / source.system
     mine, theirs = config.train_config(name, seed, out), config.train_config(source.system, seed, source_dir)
@@ -131,6 +136,8 @@ def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path
     changes += [change for index in range(len(shared)) for change in
                 differences(old["stages"][index], new["stages"][index] if index < len(new["stages"]) else None,
                             f"stages.{index}")]
+    if source.continue_stopped:  # a stopping rule shapes no step before the stop
+        changes = [change for change in changes if not change.startswith(f"stages.{len(shared) - 1}.early_stopping")]
     if changes:
         raise ConfigError(f"systems.{name}.starts_from: its config differs from '{source.system}' in what the "
                           f"shared stages used: {'; '.join(changes[:4])}")
@@ -143,11 +150,20 @@ def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path
         target = out / "stages" / label
         if not (target / "last").exists():
             shutil.copytree(source_dir / "stages" / label, target, dirs_exist_ok=True)
+    records = ([json.loads(line) for line in (source_dir / "log.jsonl").read_text().splitlines()]
+               if (source_dir / "log.jsonl").exists() else [])
+    # A continued stage's stop is not this system's: its log goes on after the last check.
+    records = [record for record in records if record.get("stage") in shared
+               and not (source.continue_stopped and record.get("stage") == source.stage and STOP_RECORD in record)]
+    if source.continue_stopped:
+        at_step = continue_stopped_stage(source_dir / "stages" / source.stage, out / "stages" / source.stage,
+                                         [record for record in records if record["stage"] == source.stage],
+                                         theirs.stages[len(shared) - 1].early_stopping, mine, len(shared) - 1)
+        log.info("seed %d, %s: continues %s's stage %s from step %d", seed, name, source.system, source.stage, at_step)
     log_path = out / "log.jsonl"
-    if not log_path.exists() and (source_dir / "log.jsonl").exists():
-        lines = (source_dir / "log.jsonl").read_text().splitlines()
-        log_path.write_text("".join(line + "\n" for line in lines if json.loads(line).get("stage") in shared))
-    return shared
+    if not log_path.exists():
+        log_path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return shared[:-1] if source.continue_stopped else shared
 
 
 def _own_cost(summary: dict[str, Any], shared: list[str]) -> dict[str, Any]:

@@ -60,6 +60,45 @@ def check_isolated(owned: dict[str, Owned], trainable: dict[str, nn.Parameter]) 
                              "whole stage at once (per_task: false)")
 
 
+def at_trivial(config: EarlyStoppingConfig, floors: dict[str, float], task: str, score: float) -> bool:
+    """`until_learned`: the task has a known trivial score (`floors`, 0-1) and is not yet above it."""
+    return config.until_learned and task in floors and not beats_trivial(score, floors[task])
+
+
+def gains(macro: float, best: float, config: EarlyStoppingConfig | None) -> bool:
+    """Whether a validation macro (0-100) improves on the best so far: by more than
+    `min_delta` (a smaller gain is none)."""
+    return macro > best + (config.min_delta if config else 0.0)
+
+
+def waited_after(config: EarlyStoppingConfig, floors: dict[str, float], waited: int, scores: dict[str, float],
+                 improved: bool) -> int:
+    """The whole model's evaluations without a gain after one more (`scores`: each task's main
+    score, 0-1). With `until_learned`, a check at which some task is still at its trivial score
+    counts no patience (the stage trains on, to its steps at most)."""
+    if improved:
+        return 0
+    if any(at_trivial(config, floors, task, score) for task, score in scores.items()):
+        return waited
+    return waited + 1
+
+
+def replay_whole_model(config: EarlyStoppingConfig, floors: dict[str, float],
+                       checks: Sequence[tuple[float, dict[str, float]]]) -> tuple[int, int | None]:
+    """Whole-model stopping replayed over a stage's validation checks, in order from its start
+    (each the macro, 0-100, and the task scores, 0-1, as the run log holds them): the
+    evaluations waited after the last one, and the index of the check that ended the stage
+    (None: none did)."""
+    best, waited = -math.inf, 0
+    for index, (macro, scores) in enumerate(checks):
+        improved = gains(macro, best, config)
+        best = macro if improved else best
+        waited = waited_after(config, floors, waited, scores, improved)
+        if waited >= config.patience:
+            return waited, index
+    return waited, None
+
+
 class EarlyStopper:
     def __init__(self, model: TrainableModel, config: EarlyStoppingConfig, trainable: dict[str, nn.Parameter],
                  stage_dir: Path, floors: dict[str, float] | None = None):
@@ -83,20 +122,17 @@ class EarlyStopper:
         checkpoint); whether a task stopped at it (the mixture then changes). Sets `finished`
         when the stage should end."""
         if not self.config.per_task:
-            if model_improved:
-                self.waited = 0
-            elif not self._some_task_unlearned(scores):
-                self.waited += 1
+            self.waited = waited_after(self.config, self.floors, self.waited, scores, model_improved)
             self.finished = self.waited >= self.config.patience
             return False
         newly = False
         for task, score in scores.items():
             if task in self.stopped:
                 continue
-            if 100.0 * score > self.best.get(task, -math.inf) + self.config.min_delta:
+            if gains(100.0 * score, self.best.get(task, -math.inf), self.config):
                 self.best[task], self.task_waited[task] = 100.0 * score, 0
                 self._snapshot(task)
-            elif self._at_trivial(task, score):
+            elif at_trivial(self.config, self.floors, task, score):
                 continue  # not learned yet: no patience counts down
             else:
                 self.task_waited[task] = self.task_waited.get(task, 0) + 1
@@ -105,15 +141,6 @@ class EarlyStopper:
                     newly = True
         self.finished = all(task in self.stopped for task in scores)
         return newly
-
-    def _some_task_unlearned(self, scores: dict[str, float]) -> bool:
-        """`until_learned` for the whole model: some task is still at its trivial score, so no
-        patience counts down (the stage trains on, to its steps at most)."""
-        return any(self._at_trivial(task, score) for task, score in scores.items())
-
-    def _at_trivial(self, task: str, score: float) -> bool:
-        """`until_learned`: the task has a known trivial score and is not yet above it."""
-        return self.config.until_learned and task in self.floors and not beats_trivial(score, self.floors[task])
 
     def rates(self, task_names: Sequence[str], rates: Sequence[float]) -> list[float]:
         """`rates` without the stopped tasks, renormalised (unchanged if nothing would be left)."""

@@ -18,7 +18,7 @@ from alter.models.contract import TrainableModel
 from alter.training.checkpoint import load_training_state, read_training_state, save_training_state
 from alter.training.datasets import StageData
 from alter.training.distributed import finish_gradients, no_sync, wrap
-from alter.training.early_stopping import BEST_FOLDER, EarlyStopper
+from alter.training.early_stopping import BEST_FOLDER, EarlyStopper, gains
 from alter.training.expert_lr import ExpertStepScaler, routed_experts, routed_shares
 from alter.training.held_weights import HeldWeights
 from alter.training.rebalance import TaskPlan, rebalanced_rates
@@ -296,8 +296,7 @@ class StageRun:
         score = 100.0 * sum(scores.values()) / max(len(scores), 1)
         self.log.write({"stage": self.stage.label, "step": at_step, "eval_macro": score, "eval_scores": scores})
         self.model.train()
-        margin = self.stopper.config.min_delta if self.stopper else 0.0
-        improved = score > self.best + margin  # early_stopping.min_delta: a smaller gain is none
+        improved = gains(score, self.best, self.stopper.config if self.stopper else None)
         if improved:
             self.best = score
             if self.ranks.is_main:
