@@ -101,3 +101,14 @@ def test_the_replay_counts_no_patience_while_a_task_is_at_its_trivial_score():
     waiting, plain = EarlyStoppingConfig(patience=2), EarlyStoppingConfig(patience=2, until_learned=False)
     assert replay_whole_model(plain, floors, checks) == (2, 2)  # stops at the third check
     assert replay_whole_model(waiting, floors, checks) == (1, None)  # only the last check counted
+
+
+def test_a_source_folder_without_its_checkpoint_is_named(continued, tmp_path):
+    config, runs = continued
+    (tmp_path / "seed0" / "hasty").mkdir(parents=True)
+    for kept in (runs / "hasty").iterdir():  # what docs/ keeps of a run: its files, no stages
+        if kept.is_file():
+            shutil.copy(kept, tmp_path / "seed0" / "hasty")
+    moved = config.model_copy(update={"output_dir": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="no checkpoint of 'hasty'"):
+        copy_shared_stages(moved, "patient", 0, tmp_path / "seed0" / "patient")

@@ -144,7 +144,10 @@ def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path
     checkpoint = source_dir / "stages" / source.stage / "last"
     state = checkpoint / "state.json"
     steps = theirs.stages[len(shared) - 1].steps
-    if not state.exists() or not stage_finished(json.loads(state.read_text()), steps):
+    if not state.exists():
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint of '{source.system}' (a run folder without its "
+                                "stages, or not run yet); run it first")
+    if not stage_finished(json.loads(state.read_text()), steps):
         raise FileNotFoundError(f"{checkpoint}: '{source.system}' has not finished {source.stage}; run it first")
     for label in shared:  # the whole stage folder: its last checkpoint and its best weights
         target = out / "stages" / label
