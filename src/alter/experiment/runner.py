@@ -124,8 +124,12 @@ def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path
     if source.stage not in labels:
         raise ConfigError(f"systems.{name}.starts_from.stage: '{source.stage}' is not a stage of "
                           f"'{source.system}' ({', '.join(labels)})")
-    shared = labels[: labels.index(source.stage) + 1]
+    named = labels.index(source.stage)
+    shared = labels[: named + 1]
     old, new = theirs.model_dump(mode="json"), mine.model_dump(mode="json")
+    if source.continue_stopped and named < len(new["stages"]):
+        # A stopping rule shapes no step before its stop: the continued stage may stop by another.
+        old["stages"][named]["early_stopping"] = new["stages"][named]["early_stopping"]
     if all(stage.kind == "stage1" for stage in theirs.stages[: len(shared)]):
         # Fixed stage-1 gates read neither an attention fusion (`mta.fusion`, zero until a
         # collaboration trains it) nor an input router (`mta.gate`'s `input`, likewise): a
@@ -136,14 +140,12 @@ def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path
     changes += [change for index in range(len(shared)) for change in
                 differences(old["stages"][index], new["stages"][index] if index < len(new["stages"]) else None,
                             f"stages.{index}")]
-    if source.continue_stopped:  # a stopping rule shapes no step before the stop
-        changes = [change for change in changes if not change.startswith(f"stages.{len(shared) - 1}.early_stopping")]
     if changes:
         raise ConfigError(f"systems.{name}.starts_from: its config differs from '{source.system}' in what the "
                           f"shared stages used: {'; '.join(changes[:4])}")
     checkpoint = source_dir / "stages" / source.stage / "last"
     state = checkpoint / "state.json"
-    steps = theirs.stages[len(shared) - 1].steps
+    steps = theirs.stages[named].steps
     if not state.exists():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint of '{source.system}' (a run folder without its "
                                 "stages, or not run yet); run it first")
@@ -161,7 +163,7 @@ def copy_shared_stages(config: ExperimentConfig, name: str, seed: int, out: Path
     if source.continue_stopped:
         at_step = continue_stopped_stage(source_dir / "stages" / source.stage, out / "stages" / source.stage,
                                          [record for record in records if record["stage"] == source.stage],
-                                         theirs.stages[len(shared) - 1].early_stopping, mine, len(shared) - 1)
+                                         theirs.stages[named].early_stopping, mine, named)
         log.info("seed %d, %s: continues %s's stage %s from step %d", seed, name, source.system, source.stage, at_step)
     log_path = out / "log.jsonl"
     if not log_path.exists():
