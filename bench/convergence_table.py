@@ -30,7 +30,8 @@ def seed_text(seeds: list[int]) -> str:
 def row(name: str, label: str, system: dict, main: dict[str, str], short: set, not_cost: bool) -> str:
     scores = {task: system["tasks"][task][metric] for task, metric in main.items()}
     cells = [f"{score:.1f}" + (" †" if (name, task) in short else "") for task, score in scores.items()]
-    spread = f" ± {system['macro_std']:.1f}" if len(system["seeds"]) > 1 else ""
+    # The std with both of the results' decimals: rounding it again could move it (0.547 is stored as 0.55).
+    spread = f" ± {system['macro_std']:.2f}" if len(system["seeds"]) > 1 else ""
     small = statistics.mean(scores[task] for task in SMALL if task in scores)
     cost = "not a cost figure ‡" if not_cost else f"{system['train_seconds']:,.0f}"
     return markdown_row([label, seed_text(system["seeds"]), *cells, f"{system['macro']:.1f}{spread}",

@@ -39,8 +39,8 @@ def test_rows_hold_main_metrics_and_marks_only_the_shortfalls(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0] == ("| system | seeds | rte (accuracy) | stsb (spearman) | cola (mcc) | macro | small targets"
                         " | train (s) |")
-    assert lines[2] == "| System A | 0-4 | 60.0 | 86.2 | 0.0 † | 48.7 ± 1.3 | 48.7 | 1,234 |"
-    assert lines[3] == "| `b` | 0, 2 | 55.0 | 79.0 | 20.0 | 51.3 ± 0.5 | 51.3 | not a cost figure ‡ |"
+    assert lines[2] == "| System A | 0-4 | 60.0 | 86.2 | 0.0 † | 48.7 ± 1.26 | 48.7 | 1,234 |"
+    assert lines[3] == "| `b` | 0, 2 | 55.0 | 79.0 | 20.0 | 51.3 ± 0.50 | 51.3 | not a cost figure ‡ |"
     assert lines[4] == "| trivial |  | 52.7 | 0.0 | 0.0 |  |  |  |"
 
 
