@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("systems", nargs="+", help="KEY or KEY=LABEL")
     parser.add_argument("--not-cost", nargs="*", default=[], help="systems whose seconds are no cost figure")
     args = parser.parse_args()
+    if not args.results.is_file():
+        parser.error(f"no results file at {args.results}")
     results = json.loads(args.results.read_text())
     main_metrics = results["main_metrics"]
     short = {(found["system"], found["task"]) for text in results["shortfalls"] if (found := SHORTFALL.match(text))}
