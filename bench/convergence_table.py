@@ -1,7 +1,8 @@
 """The encoder track's lead table (docs/results.md), printed from convergence.json so that its
 cells are the results' own: each task's main metric (stsb in Spearman), the macro as mean ± std
-over the system's seeds, the small targets' mean, training seconds, and † on every cell that
-the results' `shortfalls` lists (its 95% interval reaches the trivial score).
+over the system's seeds, the small targets' mean, training seconds, and † on every cell not
+clearly above its trivial score (the runner's own rule, `not_clearly_learned`, as in its
+results.md and `shortfalls`).
 
     .venv/bin/python bench/convergence_table.py docs/results/convergence.json \
         "mta_aux=MTA two stages (\\`mta_aux\\`)" multi_lora_aux_learned ... [--not-cost adapterfusion_aux]
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from pathlib import Path
 
+from alter.evaluate.trivial import not_clearly_learned
+
 SMALL = ["rte", "mrpc", "stsb", "cola"]
-SHORTFALL = re.compile(r"^(?P<system>\S+) on (?P<task>\S+):")
 
 
 def seed_text(seeds: list[int]) -> str:
@@ -27,9 +28,12 @@ def seed_text(seeds: list[int]) -> str:
     return f"{seeds[0]}-{seeds[-1]}" if consecutive else ", ".join(map(str, seeds))
 
 
-def row(name: str, label: str, system: dict, main: dict[str, str], short: set, not_cost: bool) -> str:
+def row(label: str, system: dict, main: dict[str, str], trivial: dict[str, dict], not_cost: bool) -> str:
     scores = {task: system["tasks"][task][metric] for task, metric in main.items()}
-    cells = [f"{score:.1f}" + (" †" if (name, task) in short else "") for task, score in scores.items()]
+    floors = {task: trivial.get(task, {}).get("metrics", {}).get(metric) for task, metric in main.items()}
+    intervals = system.get("tasks_ci95", {})
+    cells = [f"{score:.1f}" + (" †" if not_clearly_learned(score, intervals.get(task), floors[task]) else "")
+             for task, score in scores.items()]
     # The std with both of the results' decimals: rounding it again could move it (0.547 is stored as 0.55).
     spread = f" ± {system['macro_std']:.2f}" if len(system["seeds"]) > 1 else ""
     small = statistics.mean(scores[task] for task in SMALL if task in scores)
@@ -52,7 +56,6 @@ def main() -> None:
         parser.error(f"no results file at {args.results}")
     results = json.loads(args.results.read_text())
     main_metrics = results["main_metrics"]
-    short = {(found["system"], found["task"]) for text in results["shortfalls"] if (found := SHORTFALL.match(text))}
     named = [entry.partition("=") for entry in args.systems]
     if missing := [key for key, _, _ in named if key not in results["systems"]]:
         parser.error(f"{args.results} has no system {missing[0]!r}")
@@ -60,7 +63,7 @@ def main() -> None:
                         "macro", "small targets", "train (s)"]))
     print("|---" * (len(main_metrics) + 5) + "|")
     for key, _, label in named:
-        print(row(key, label or f"`{key}`", results["systems"][key], main_metrics, short, key in args.not_cost))
+        print(row(label or f"`{key}`", results["systems"][key], main_metrics, results["trivial"], key in args.not_cost))
     trivial = [f"{results['trivial'][task]['metrics'][metric]:.1f}" for task, metric in main_metrics.items()]
     print(markdown_row(["trivial", "", *trivial, "", "", ""]))
 
