@@ -255,3 +255,107 @@ def test_an_auxiliary_task_with_validation_examples_stops_on_them_and_stays_out_
     checked = [record["eval_scores"] for record in records if "eval_scores" in record]
     assert checked and all(set(scores) == {"sst2", "rte"} for scores in checked)  # rte's own examples decide
     assert set(report["metrics"]) == set(report["validation"]["metrics"]) == {"sst2"}
+
+
+# --- task clocks (`task_steps`) ------------------------------------------------------------------
+
+CLOCK_RATES = {"sst2": 0.75, "rte": 0.25}  # rte draws a quarter of the one-task batches
+
+
+def _clock_stage(task_steps: int = 100, patience: int = 2, steps: int = 60) -> StageConfig:
+    return StageConfig("stage1", steps=steps, lr=5e-2, warmup_ratio=0.0, eval_every=2, save_every=4, log_every=1,
+                       batches="one_task", task_steps=task_steps,
+                       early_stopping=EarlyStoppingConfig(patience=patience, per_task=True, until_learned=False))
+
+
+def test_on_task_clocks_patience_counts_the_task_s_own_batches(registry, samples, tmp_path):
+    """rte peaks at the first check and never gains again: it stops at the first check by which
+    it has trained patience x eval_every = 4 batches of its own since then, however many checks
+    that takes; sst2, improving at every check, stops only when rte's rows are gone and its own
+    peak is behind it."""
+    model = _model(registry)
+    script = {"sst2": [i / 100 for i in range(40)], "rte": [0.0, 0.7] + [0.6] * 40}
+    log = tmp_path / "log.jsonl"
+    train_stage(model, _clock_stage(), stage_rows(model, samples, CLOCK_RATES), tmp_path / "s1", RunLog(log), 0,
+                validation_scores=Scripted(model, script))
+    records = _log(log)
+    checks = [r for r in records if "eval_scores" in r]
+    rte_stop = next(r["step"] for r in records if "rte" in r.get("stopped_tasks", []))
+    own = {r["step"]: r["task_batches"]["rte"] for r in checks}
+    peak = own[2]
+    assert own[rte_stop] - peak >= 4
+    assert all(own[step] - peak < 4 for step in own if 2 < step < rte_stop)
+    assert rte_stop > 6  # two checks after its peak, as without clocks, it had trained fewer than 4
+    # Each step is one task's batch, and the clocks count them.
+    steps = [r for r in records if "task_loss" in r]
+    assert all(len(r["task_loss"]) == 1 for r in steps)
+    assert checks[-1]["task_batches"]["rte"] == sum("rte" in r["task_loss"] for r in steps
+                                                    if r["step"] <= checks[-1]["step"])
+
+
+def test_on_task_clocks_each_task_s_learning_rate_follows_its_own_batches(registry, samples, tmp_path):
+    """Linear decay without warmup over task_steps = 20 of a task's own batches: a step of a
+    task that has trained n batches runs at lr x (1 - n / 20); a task whose clock runs out is
+    scored once more and stops, and the stage ends when both have."""
+    model = _model(registry)
+    log = tmp_path / "log.jsonl"
+    script = {"sst2": [i / 100 for i in range(40)], "rte": [i / 100 for i in range(40)]}  # always gaining
+    result = train_stage(model, _clock_stage(task_steps=20), stage_rows(model, samples, CLOCK_RATES),
+                         tmp_path / "s1", RunLog(log), 0, validation_scores=Scripted(model, script))
+    records = _log(log)
+    trained = {"sst2": 0, "rte": 0}
+    for record in (r for r in records if "task_loss" in r):
+        (task,) = record["task_loss"]
+        assert record["lr"] == pytest.approx(5e-2 * (1 - trained[task] / 20))
+        trained[task] += 1
+    assert trained == {"sst2": 20, "rte": 20} and result.steps == 40
+    run_out = [r for r in records if "clocks_run_out" in r]
+    assert [task for r in run_out for task in r["clocks_run_out"]] == ["sst2", "rte"]
+    assert run_out[-1]["stopped_tasks"] == ["sst2", "rte"]
+    scored_at = {r["step"] for r in records if "eval_scores" in r}
+    assert all(r["step"] in scored_at for r in run_out)  # each scored at the step its clock ran out
+
+
+def test_an_interrupted_stage_on_task_clocks_resumes_to_the_same_weights(registry, samples, tmp_path, monkeypatch):
+    script = {"sst2": [0.0, 0.7] + [0.6] * 40, "rte": [0.0, 0.5, 0.55, 0.6, 0.65, 0.7] + [0.6] * 40}
+    stage = _clock_stage(task_steps=14)
+    whole = _model(registry)
+    done = train_stage(whole, stage, stage_rows(whole, samples, CLOCK_RATES), tmp_path / "whole",
+                       RunLog(tmp_path / "whole.jsonl"), 0, validation_scores=Scripted(whole, script))
+
+    model = _model(registry)
+    evaluate = Scripted(model, script)
+    calls = {"n": 0}
+    original = model.forward
+
+    def crash_at_step_11(rows):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return original(rows)
+
+    monkeypatch.setattr(model, "forward", crash_at_step_11)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(model, stage, stage_rows(model, samples, CLOCK_RATES), tmp_path / "crash",
+                    RunLog(tmp_path / "crash.jsonl"), 0, validation_scores=evaluate)
+    resumed = _model(registry)
+    again = train_stage(resumed, stage, stage_rows(resumed, samples, CLOCK_RATES), tmp_path / "crash",
+                        RunLog(tmp_path / "crash.jsonl"), 0, validation_scores=Scripted(resumed, script, done=6))
+    assert again.steps == done.steps
+    for name, value in resumed.named_parameters():
+        torch.testing.assert_close(value.detach(), dict(whole.named_parameters())[name].detach(), rtol=0, atol=0)
+    clocks = [[r["task_batches"] for r in _log(path) if "task_batches" in r][-1]
+              for path in (tmp_path / "whole.jsonl", tmp_path / "crash.jsonl")]
+    assert clocks[0] == clocks[1]
+
+
+@pytest.mark.parametrize("settings,error", [
+    ({"batches": "mixed"}, "batches: one_task"),
+    ({"grad_accum": 2}, "grad_accum: 1"),
+    ({"early_stopping": {"patience": 2}}, "per_task: true"),
+])
+def test_task_clocks_need_one_task_per_step_and_per_task_stopping(settings, error):
+    stage = {"kind": "stage1", "steps": 10, "eval_every": 2, "batches": "one_task", "task_steps": 5,
+             "early_stopping": {"patience": 2, "per_task": True}, **settings}
+    with pytest.raises(ConfigError, match=error):
+        parse_config({"data": {"tasks": ["rte"], "validation": 10}, "stages": [stage]})

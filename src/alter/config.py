@@ -205,6 +205,13 @@ class StageConfig(_Strict):
     prune_to: int | None = Field(default=None, ge=1)
     eval_every: int | None = Field(default=None, ge=1)
     early_stopping: EarlyStoppingConfig | None = None  # `steps` is then the cap
+    # Each task on its own clock (one task per batch, per-task early stopping): its learning-rate
+    # schedule (warmup, decay) runs over its own batches, `task_steps` of them at most, and its
+    # patience counts `eval_every` of its own batches as one evaluation, so that each expert
+    # trains as it would alone, however many tasks share the stage's steps (`steps`: the cap on
+    # all of them together). Without it a task drawn at 1/8 of the batches gets an eighth of
+    # `eval_every` between checks and trains late in the schedule, at a decayed rate.
+    task_steps: int | None = Field(default=None, ge=1)
     save_every: int = Field(default=50, ge=1)
     log_every: int = Field(default=10, ge=1)
 
@@ -228,6 +235,17 @@ class StageConfig(_Strict):
             raise ValueError("expert_lr: routed_share scales an expert's steps by its share of a mixed batch's "
                              "rows; with batches: one_task each expert steps on whole batches of its task: "
                              "use expert_lr: same")
+        return self
+
+    @model_validator(mode="after")
+    def _task_clocks_need_one_task_batches(self) -> StageConfig:
+        if self.task_steps is None:
+            return self
+        if self.batches != "one_task" or self.grad_accum != 1:
+            raise ValueError("task_steps: each step must train one task (batches: one_task, grad_accum: 1) "
+                             "for the step to move that task's clock alone")
+        if self.early_stopping is None or not self.early_stopping.per_task:
+            raise ValueError("task_steps: each task stops on its own clock; set early_stopping with per_task: true")
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,9 @@ only sound when no trained weight serves two tasks, which `check_isolated` makes
 With `until_learned`, a check at which a task is not yet above its trivial score counts no
 patience: for that task alone (per task), or for the whole model (until every task is above its
 own), so that neither way of stopping ends a task's training before it has started to learn.
+On task clocks (`StageConfig.task_steps`), a task's patience counts its own batches (an
+evaluation's worth each `eval_every` of them) instead of the stage's evaluations, and a task
+whose clock runs out stops (`stop`).
 
 Everything the stopper knows is in the stage's checkpoint (`state`) and in
 `stage_dir/best_per_task.safetensors`, so an interrupted stage resumes, and a stopped one
@@ -108,19 +111,22 @@ class EarlyStopper:
         self.floors = floors or {}
         self.waited = 0  # the whole model: evaluations since its last gain
         self.best: dict[str, float] = {}  # per task: best main score (0-100) and evaluations since
-        self.task_waited: dict[str, int] = {}
+        self.task_waited: dict[str, float] = {}  # evaluations' worth of the task's training
+        self.clock_seen: dict[str, float] = {}  # per task: its clock at its last evaluation
         self.stopped: list[str] = []
+        self.scored: list[str] = []  # the tasks the last evaluation scored
         self.finished = False
         self.owned: dict[str, Owned] = {}
         if config.per_task:
             self.owned = {task.name: model.task_parameters(model.task_id(task.name)) for task in model.tasks}
             check_isolated(self.owned, trainable)
 
-    def observe(self, scores: dict[str, float], model_improved: bool) -> bool:
+    def observe(self, scores: dict[str, float], model_improved: bool, clock: dict[str, float] | None = None) -> bool:
         """Take one evaluation's validation scores ({task: main score, 0-1}) and whether the
         whole model's macro gained on its best (the loop's judgement, which also keeps its
         checkpoint); whether a task stopped at it (the mixture then changes). Sets `finished`
-        when the stage should end."""
+        when the stage should end. `clock`: per task, the evaluations' worth of its own batches
+        trained so far (task clocks); without it every evaluation counts one for every task."""
         if not self.config.per_task:
             self.waited = waited_after(self.config, self.floors, self.waited, scores, model_improved)
             self.finished = self.waited >= self.config.patience
@@ -129,18 +135,29 @@ class EarlyStopper:
         for task, score in scores.items():
             if task in self.stopped:
                 continue
+            elapsed = 1.0
+            if clock is not None:
+                elapsed = clock[task] - self.clock_seen.get(task, 0.0)
+                self.clock_seen[task] = clock[task]
             if gains(100.0 * score, self.best.get(task, -math.inf), self.config):
                 self.best[task], self.task_waited[task] = 100.0 * score, 0
                 self._snapshot(task)
             elif at_trivial(self.config, self.floors, task, score):
                 continue  # not learned yet: no patience counts down
             else:
-                self.task_waited[task] = self.task_waited.get(task, 0) + 1
+                self.task_waited[task] = self.task_waited.get(task, 0) + elapsed
                 if self.task_waited[task] >= self.config.patience:
                     self.stopped.append(task)
                     newly = True
+        self.scored = list(scores)
         self.finished = all(task in self.stopped for task in scores)
         return newly
+
+    def stop(self, task: str) -> None:
+        """Stop a task whatever its patience (its clock ran out); it keeps its best weights."""
+        if task not in self.stopped:
+            self.stopped.append(task)
+        self.finished = bool(self.scored) and all(name in self.stopped for name in self.scored)
 
     def rates(self, task_names: Sequence[str], rates: Sequence[float]) -> list[float]:
         """`rates` without the stopped tasks, renormalised (unchanged if nothing would be left)."""
@@ -182,7 +199,8 @@ class EarlyStopper:
     # --- checkpoints ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"early_stopping": {"waited": self.waited, "best": self.best, "task_waited": self.task_waited,
-                                   "stopped": self.stopped, "finished": self.finished}}
+                                   "clock_seen": self.clock_seen, "scored": self.scored, "stopped": self.stopped,
+                                   "finished": self.finished}}
 
     def load(self, meta: dict[str, Any]) -> None:
         saved = meta.get("early_stopping")
@@ -190,6 +208,8 @@ class EarlyStopper:
             return
         self.waited, self.best, self.task_waited = saved["waited"], saved["best"], saved["task_waited"]
         self.stopped, self.finished = saved["stopped"], saved["finished"]
+        # checkpoints written before task clocks hold neither
+        self.clock_seen, self.scored = saved.get("clock_seen", {}), saved.get("scored", [])
 
 
 def stage_finished(meta: dict[str, Any], steps: int) -> bool:

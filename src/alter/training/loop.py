@@ -39,14 +39,16 @@ class StageResult:
 
 
 def _schedule(stage: StageConfig) -> Callable[[int], float]:
-    warmup = int(stage.warmup_ratio * stage.steps)
+    """The learning rate's factor at a step of the stage, or at a task's own step on task clocks."""
+    steps = stage.task_steps or stage.steps
+    warmup = int(stage.warmup_ratio * steps)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if stage.schedule == "constant":
             return 1.0
-        progress = (step - warmup) / max(1, stage.steps - warmup)
+        progress = (step - warmup) / max(1, steps - warmup)
         return 1.0 - progress if stage.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
@@ -149,6 +151,8 @@ class StageRun:
         self.plan = TaskPlan(data, stage, seed)
         self.last = stage_dir / "last"
         self.step, self.spent, self.tokens, self.best = 0, 0.0, 0, float("-inf")
+        # Per task: the batches it has trained on (its clock, with `stage.task_steps`).
+        self.task_batches = [0] * len(data.task_names)
         self.resumed = self._resume()
         self.scaler = _expert_step_scaler(model, stage, replace(data, rates=self.plan.rates), self.trainable)
         self.still_experts = _still_experts(model, stage, data, self.trainable)
@@ -172,6 +176,7 @@ class StageRun:
                              f"'{self.stage.label}' trains ({error}); it was written by another version of the "
                              f"model or stage: delete {self.stage_dir} to train the stage again") from None
         self.step, self.spent, self.tokens, self.best = meta["step"], meta["wall_seconds"], meta["tokens"], meta["best"]
+        self.task_batches = meta.get("task_batches", self.task_batches)  # older checkpoints kept no clocks
         if "rates" in meta:  # the stage rebalanced its tasks before this checkpoint
             self.plan.redraw(meta["rates_from_step"], meta["rates"])
         if self.stopper:
@@ -215,8 +220,10 @@ class StageRun:
         """One optimizer step over a global batch (its micro-batches); the batch's mean loss."""
         stage, plan, ranks = self.stage, self.plan, self.ranks
         started = time.perf_counter()
+        task = plan.batch(self.step, 0)[0][0]  # with one task per batch (task clocks), the step's task
+        clock = self.task_batches[task] if stage.task_steps else self.step
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = base_lr * self.factor(self.step)
+            group["lr"] = base_lr * self.factor(clock)
         local_loss = torch.zeros(())
         step_scaler = self.scaler or (self.still_experts({task for micro in range(stage.grad_accum)
                                                           for task, _ in plan.batch(self.step, micro)})
@@ -246,6 +253,9 @@ class StageRun:
         if self.held:
             self.held.restore()
         self.optimizer.zero_grad(set_to_none=True)
+        for micro in range(stage.grad_accum):
+            for task_id in {task_id for task_id, _ in plan.batch(self.step, micro)}:
+                self.task_batches[task_id] += 1
         self.step += 1
         self.spent += time.perf_counter() - started
         return step_loss
@@ -261,8 +271,12 @@ class StageRun:
                                           in zip(self.data.task_names, totals.tolist()) if count},
                             "tokens_per_s": self.tokens / max(self.spent, 1e-9), "elapsed_s": self.spent})
             self.task_losses.zero_()
-        if self.validation_scores and stage.eval_every and (step % stage.eval_every == 0 or step == stage.steps):
+        checked = bool(self.validation_scores and stage.eval_every
+                       and (step % stage.eval_every == 0 or step == stage.steps))
+        if checked:
             self.check(step)
+        if stage.task_steps:
+            self.stop_run_out_clocks(step, checked)
         if stage.rebalance and step % stage.rebalance.every == 0 and step < stage.steps:
             self.rebalance(step)
         if step % stage.save_every == 0 or step == stage.steps or (self.stopper and self.stopper.finished):
@@ -272,7 +286,7 @@ class StageRun:
         if self.ranks.is_main:
             save_training_state(self.last, self.model, self.optimizer, at_step,
                                 {"wall_seconds": self.spent, "tokens": self.tokens, "best": self.best,
-                                 "stage": self.stage.label, **self.plan.state(),
+                                 "stage": self.stage.label, "task_batches": self.task_batches, **self.plan.state(),
                                  **(self.stopper.state() if self.stopper else {})})
 
     def follow(self, rates: list[float], at_step: int) -> None:
@@ -290,11 +304,29 @@ class StageRun:
         self.model.train()
         self.follow(rates, at_step)
 
+    def stop_run_out_clocks(self, at_step: int, checked: bool) -> None:
+        """Task clocks: a task that has trained its `task_steps` batches is scored (unless this
+        step was) and stops, with the best weights its evaluations found."""
+        names = self.data.task_names
+        run_out = [name for name, count in zip(names, self.task_batches)
+                   if count >= self.stage.task_steps and name not in self.stopper.stopped]
+        if not run_out:
+            return
+        if not checked:
+            self.check(at_step)
+        for name in run_out:
+            self.stopper.stop(name)
+        self.log.write({"stage": self.stage.label, "step": at_step, "clocks_run_out": run_out,
+                        "stopped_tasks": self.stopper.stopped, "best_scores": self.stopper.best})
+        self.follow(self.stopper.rates(names, self.plan.rates), at_step)
+
     def check(self, at_step: int) -> None:
         """Score the validation examples: keep the best model, and stop tasks or the stage."""
         scores = self.validation_scores()
         score = 100.0 * sum(scores.values()) / max(len(scores), 1)
-        self.log.write({"stage": self.stage.label, "step": at_step, "eval_macro": score, "eval_scores": scores})
+        clocks = {"task_batches": dict(zip(self.data.task_names, self.task_batches))} if self.stage.task_steps else {}
+        self.log.write({"stage": self.stage.label, "step": at_step, "eval_macro": score, "eval_scores": scores,
+                        **clocks})
         self.model.train()
         improved = gains(score, self.best, self.stopper.config if self.stopper else None)
         if improved:
@@ -302,7 +334,10 @@ class StageRun:
             if self.ranks.is_main:
                 self.model.save(self.stage_dir / BEST_FOLDER, {"stage": self.stage.label, "step": at_step,
                                                               "macro": score})
-        if self.stopper and self.stopper.observe(scores, model_improved=improved):
+        # task clocks: the evaluations' worth of each task's own batches
+        clock = ({name: count / self.stage.eval_every for name, count in clocks["task_batches"].items()}
+                 if clocks else None)
+        if self.stopper and self.stopper.observe(scores, model_improved=improved, clock=clock):
             self.log.write({"stage": self.stage.label, "step": at_step, "stopped_tasks": self.stopper.stopped,
                             "best_scores": self.stopper.best})
             self.follow(self.stopper.rates(self.data.task_names, self.plan.rates), at_step)
