@@ -11,10 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-from alter.experiment.paired import paired_bootstrap
-from alter.experiment.results import _kept_predictions  # the runner's own reading of a run's predictions
+from convergence_table import SMALL  # the small targets, named once (bench/ is this script's folder)
 
-SMALL = ["rte", "mrpc", "stsb", "cola"]
+from alter.experiment.paired import paired_bootstrap
+from alter.experiment.results import kept_predictions  # the runner's own reading of a run's predictions
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     names = {name for pair in pairs for name in pair}
     runs = {name: {seed: json.loads(path.read_text()) for seed in args.seeds
                    if (path := args.runs / f"seed{seed}" / name / "result.json").exists()} for name in names}
-    kept = _kept_predictions(runs, args.runs)
+    kept = kept_predictions(runs, args.runs)
     found = {}
     for a, b in pairs:
         seeds = [seed for seed in args.seeds if seed in kept.get(a, {}) and seed in kept.get(b, {})]

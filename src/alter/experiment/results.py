@@ -42,7 +42,7 @@ def _predictions(run_dir: Path, result: dict[str, Any]) -> dict[str, dict] | Non
 Kept = dict[str, dict[int, dict]]  # system -> seed -> its per-example predictions per task
 
 
-def _kept_predictions(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> Kept:
+def kept_predictions(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> Kept:
     """Every system's per-example predictions by seed (systems that kept them on all seeds)."""
     kept = {name: {seed: _predictions(out / f"seed{seed}" / name, result) for seed, result in seeds.items()}
             for name, seeds in runs.items()}
@@ -165,7 +165,7 @@ def write_results(config: ExperimentConfig, out: Path) -> dict[str, Any]:
         if common and all(task in result["tasks"] for task in common):
             scores = [result["tasks"][task][result["main_metrics"][task]] for task in common]
             result["macro_classification"] = round(statistics.fmean(scores), 2)
-    kept = _kept_predictions(runs, out)
+    kept = kept_predictions(runs, out)
     for reference in config.references:
         for name, paired in _paired(kept, reference).items():
             systems[name][f"paired_vs_{reference}"] = paired
