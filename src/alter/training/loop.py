@@ -308,15 +308,21 @@ class StageRun:
         """Task clocks: a task that has trained its `task_steps` batches is scored (unless this
         step was) and stops, with the best weights its evaluations found."""
         names = self.data.task_names
-        run_out = [name for name, count in zip(names, self.task_batches)
-                   if count >= self.stage.task_steps and name not in self.stopper.stopped]
-        if not run_out:
+
+        def run_out() -> list[str]:
+            return [name for name, count in zip(names, self.task_batches)
+                    if count >= self.stage.task_steps and name not in self.stopper.stopped]
+
+        if not run_out():
             return
         if not checked:
-            self.check(at_step)
-        for name in run_out:
+            self.check(at_step)  # which may stop it on its patience first
+        ended = run_out()
+        if not ended:
+            return
+        for name in ended:
             self.stopper.stop(name)
-        self.log.write({"stage": self.stage.label, "step": at_step, "clocks_run_out": run_out,
+        self.log.write({"stage": self.stage.label, "step": at_step, "clocks_run_out": ended,
                         "stopped_tasks": self.stopper.stopped, "best_scores": self.stopper.best})
         self.follow(self.stopper.rates(names, self.plan.rates), at_step)
 
