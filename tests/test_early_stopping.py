@@ -50,6 +50,20 @@ def _log(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _crash_at_step_11(model, monkeypatch) -> None:
+    """Make the model's 11th forward pass raise KeyboardInterrupt, as Ctrl-C in the middle of a step."""
+    calls = {"n": 0}
+    original = model.forward
+
+    def crash_at_step_11(rows):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return original(rows)
+
+    monkeypatch.setattr(model, "forward", crash_at_step_11)
+
+
 def test_the_stage_stops_at_its_plateau_and_ends_with_its_best_weights(registry, samples, tmp_path):
     model = _model(registry)
     # Macro at the start 50, then 55, 60 (best, step 4), 57.5, 57: two evaluations without a gain
@@ -117,16 +131,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(registry, samples, tmp
 
     model = _model(registry)
     evaluate = Scripted(model, script)
-    calls = {"n": 0}
-    original = model.forward
-
-    def crash_at_step_11(rows):
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise KeyboardInterrupt
-        return original(rows)
-
-    monkeypatch.setattr(model, "forward", crash_at_step_11)
+    _crash_at_step_11(model, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_stage(model, _stage(per_task=per_task), stage_rows(model, samples, RATES), tmp_path / "crash",
                     RunLog(tmp_path / "crash.jsonl"), 0, validation_scores=evaluate)
@@ -325,16 +330,7 @@ def test_an_interrupted_stage_on_task_clocks_resumes_to_the_same_weights(registr
 
     model = _model(registry)
     evaluate = Scripted(model, script)
-    calls = {"n": 0}
-    original = model.forward
-
-    def crash_at_step_11(rows):
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise KeyboardInterrupt
-        return original(rows)
-
-    monkeypatch.setattr(model, "forward", crash_at_step_11)
+    _crash_at_step_11(model, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_stage(model, stage, stage_rows(model, samples, CLOCK_RATES), tmp_path / "crash",
                     RunLog(tmp_path / "crash.jsonl"), 0, validation_scores=evaluate)
