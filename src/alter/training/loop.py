@@ -151,7 +151,7 @@ class StageRun:
         self.plan = TaskPlan(data, stage, seed)
         self.last = stage_dir / "last"
         self.step, self.spent, self.tokens, self.best = 0, 0.0, 0, float("-inf")
-        # Per task: the batches it has trained on (its clock, with `stage.task_steps`).
+        # Per task: the batches it has trained on (its clock; counted with `stage.task_steps` only).
         self.task_batches = [0] * len(data.task_names)
         self.resumed = self._resume()
         self.scaler = _expert_step_scaler(model, stage, replace(data, rates=self.plan.rates), self.trainable)
@@ -220,8 +220,9 @@ class StageRun:
         """One optimizer step over a global batch (its micro-batches); the batch's mean loss."""
         stage, plan, ranks = self.stage, self.plan, self.ranks
         started = time.perf_counter()
-        task = plan.batch(self.step, 0)[0][0]  # with one task per batch (task clocks), the step's task
-        clock = self.task_batches[task] if stage.task_steps else self.step
+        # On task clocks (one task per step) the step's task; its clock sets the learning rate.
+        task = plan.batch(self.step, 0)[0][0] if stage.task_steps else None
+        clock = self.step if task is None else self.task_batches[task]
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base_lr * self.factor(clock)
         local_loss = torch.zeros(())
@@ -253,9 +254,8 @@ class StageRun:
         if self.held:
             self.held.restore()
         self.optimizer.zero_grad(set_to_none=True)
-        for micro in range(stage.grad_accum):
-            for task_id in {task_id for task_id, _ in plan.batch(self.step, micro)}:
-                self.task_batches[task_id] += 1
+        if task is not None:
+            self.task_batches[task] += 1
         self.step += 1
         self.spent += time.perf_counter() - started
         return step_loss
